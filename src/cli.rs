@@ -1,0 +1,245 @@
+//! Command line: `run`, `check`, `certs dev`, `demo`. Exit codes: 0 success,
+//! 1 runtime failure, 2 usage error, 78 configuration error (EX_CONFIG).
+
+use std::io::IsTerminal as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, Report};
+use crate::dev_certs::DevCertificates;
+use crate::server::{self, Extras};
+
+/// Configuration errors (sysexits.h EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A TLS-terminating reverse-proxy authentication gateway",
+    long_about = "Portcullis terminates TLS, redirects plain HTTP to HTTPS, canonicalizes request \
+                  paths, strips spoofable headers and forwards only permitted requests to named \
+                  backends.\n\nConfiguration: one TOML file (see deploy/portcullis.example.toml), \
+                  with PORTCULLIS__SECTION__KEY environment overrides."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    ///
+    /// SIGTERM stops accepting connections and lets requests finish for
+    /// `[server] grace_period`; SIGINT stops at once.
+    Run {
+        /// Configuration file.
+        #[arg(
+            short,
+            long,
+            env = "PORTCULLIS_CONFIG",
+            default_value = "portcullis.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Check configuration and certificates without starting anything.
+    ///
+    /// Reports every problem at once with file:line:col and a hint. Exits 0 when the
+    /// configuration can be run (warnings allowed), 78 otherwise.
+    Check {
+        /// Configuration file.
+        #[arg(
+            short,
+            long,
+            env = "PORTCULLIS_CONFIG",
+            default_value = "portcullis.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Start the gateway on embedded defaults in front of a built-in demo backend.
+    ///
+    /// Writes a development CA and localhost certificate into --certs, then serves
+    /// https on 127.0.0.1:--https-port and redirects http from --http-port.
+    Demo {
+        /// Directory for the development certificates.
+        #[arg(long, default_value = "certs")]
+        certs: PathBuf,
+        #[arg(long, default_value_t = 8443)]
+        https_port: u16,
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// Print the generated configuration and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write a development CA and a localhost certificate (never for production).
+    ///
+    /// Files: DIR/dev-ca.pem (trust this in clients), DIR/localhost.pem (chain),
+    /// DIR/localhost-key.pem (mode 0600).
+    Dev {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn execute(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Certs(CertsCommand::Dev { dir }) => certs_dev(&dir),
+        Command::Demo {
+            certs,
+            https_port,
+            http_port,
+            print_config,
+        } => demo(&certs, https_port, http_port, print_config),
+    }
+}
+
+fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Loads and fully checks a configuration: the file, then the certificates it names.
+pub fn load_checked(path: &Path) -> (Option<Config>, Report) {
+    let loaded = config::load(path);
+    let mut report = loaded.report;
+    if let Some(config) = &loaded.config {
+        report.problems.extend(crate::tls::check(config));
+    }
+    let config = if report.has_errors() {
+        None
+    } else {
+        loaded.config
+    };
+    (config, report)
+}
+
+fn check(path: &Path) -> ExitCode {
+    let (config, report) = load_checked(path);
+    if !report.problems.is_empty() {
+        eprint!("{}", report.render(color()));
+    }
+    match config {
+        Some(config) => {
+            println!(
+                "{}: ok ({} route(s), {} backend(s), {} warning(s))",
+                path.display(),
+                config.routes.len(),
+                config.backends.len(),
+                report.warnings()
+            );
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(EXIT_CONFIG),
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let (config, report) = load_checked(path);
+    if !report.problems.is_empty() {
+        eprint!("{}", report.render(color()));
+    }
+    let Some(config) = config else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    serve(&config, &Extras::default())
+}
+
+fn serve(config: &Config, extras: &Extras) -> ExitCode {
+    crate::telemetry::init(&config.log);
+    match server::build(config, extras) {
+        Ok(prepared) => {
+            server::run(prepared.server);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn certs_dev(dir: &Path) -> ExitCode {
+    match write_dev_certificates(dir) {
+        Ok(paths) => {
+            println!(
+                "wrote {} (trust this CA in clients), {} and {}",
+                paths.ca.display(),
+                paths.certificate.display(),
+                paths.private_key.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn write_dev_certificates(dir: &Path) -> Result<crate::dev_certs::DevCertificatePaths, String> {
+    let certificates =
+        DevCertificates::generate().map_err(|e| format!("cannot generate certificates: {e}"))?;
+    certificates
+        .write(dir)
+        .map_err(|e| format!("cannot write certificates into `{}`: {e}", dir.display()))
+}
+
+fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> ExitCode {
+    let https = SocketAddr::from((Ipv4Addr::LOCALHOST, https_port));
+    let http = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
+    // The demo backend takes any free loopback port.
+    let backend = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
+        Ok(address) => address,
+        Err(error) => {
+            eprintln!("error: no free port for the demo backend: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let paths = match write_dev_certificates(certs) {
+        Ok(paths) => paths,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let text = crate::demo::config_text(
+        https,
+        http,
+        backend,
+        &absolute(&paths.certificate),
+        &absolute(&paths.private_key),
+    );
+    if print_config {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    let loaded = config::parse(&absolute(certs).join("demo.toml"), text, Vec::new());
+    let Some(config) = loaded.config else {
+        eprint!("{}", loaded.report.render(color()));
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    println!("{}", crate::demo::banner(https, http, &paths.ca));
+    serve(
+        &config,
+        &Extras {
+            demo_backend: Some(backend),
+        },
+    )
+}

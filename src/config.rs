@@ -1,0 +1,969 @@
+//! Configuration: one TOML file plus environment overrides, checked completely.
+//!
+//! [`load`] reads `portcullis.toml`, applies `PORTCULLIS__SECTION__KEY` environment
+//! overrides, deserializes every section on its own (so one bad section does not hide
+//! problems in the others) and converts the raw values into a typed [`Config`]. Every
+//! problem found on the way is collected into one [`Report`] with `file:line:col` and a
+//! hint. Nothing here touches the network or pingora; certificate contents are checked
+//! by `tls.rs`, which reports into the same [`Report`].
+
+pub mod diagnostic;
+mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue, ValueDeserializer};
+
+pub use diagnostic::{Problem, Report, Severity, Sources};
+use raw::DurationText;
+
+use crate::forwarding::TrustedProxies;
+use crate::route::{Access, HostPattern, Route, RouteTable, normalize_prefix};
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "PORTCULLIS__";
+
+/// A validated configuration. Every value in it has been checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub listen: Listen,
+    pub tls: TlsFiles,
+    pub hsts: Hsts,
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub backends: BTreeMap<Arc<str>, Backend>,
+    pub routes: RouteTable,
+    /// Where each checked value came from, so later checks (certificates) can point at it.
+    pub spans: SpanIndex,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub https: Vec<SocketAddr>,
+    /// Plain-HTTP listeners that only redirect to https; may be empty.
+    pub http: Vec<SocketAddr>,
+    /// The port written into redirect `Location`s.
+    pub redirect_port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// Warn when the certificate expires sooner than this.
+    pub expiry_warning: Duration,
+}
+
+/// `Strict-Transport-Security` (RFC 6797).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl Hsts {
+    pub fn header_value(&self) -> String {
+        let mut value = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        value
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    /// After SIGTERM: how long in-flight requests may take before runtimes stop.
+    pub grace_period: Duration,
+    /// After the grace period: how long runtimes may take to exit.
+    pub shutdown_timeout: Duration,
+    pub trusted_proxies: TrustedProxies,
+    /// Idle upstream connections kept for reuse, across all backends.
+    pub keepalive_pool_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `portcullis=debug,pingora=warn`.
+    pub filter: String,
+}
+
+/// Where a named backend lives and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub name: Arc<str>,
+    /// As written, for messages.
+    pub address_text: String,
+    /// Resolved once at load; the proxy never resolves names on the request path.
+    pub address: SocketAddr,
+    pub tls: Option<BackendTls>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    pub sni: String,
+    pub verify_certificate: bool,
+    pub ca: Option<PathBuf>,
+}
+
+/// Spans of values that later checks report on.
+#[derive(Debug, Clone, Default)]
+pub struct SpanIndex {
+    pub certificate: Option<Range<usize>>,
+    pub private_key: Option<Range<usize>>,
+    pub backend_ca: HashMap<Arc<str>, Range<usize>>,
+}
+
+/// The outcome of loading: a config when there were no errors, and the full report.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Option<Config>,
+    pub report: Report,
+}
+
+/// Loads and checks a configuration file with overrides from the process environment.
+pub fn load(path: &Path) -> Loaded {
+    load_with_env(path, std::env::vars())
+}
+
+/// Loads and checks a configuration file with the given environment.
+pub fn load_with_env(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Loaded {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(path, text, env),
+        Err(error) => Loaded {
+            config: None,
+            report: Report {
+                sources: Sources::new(path, String::new()),
+                problems: vec![
+                    Problem::error(format!("cannot read configuration: {error}")).help(
+                        "pass the path of portcullis.toml with --config; \
+                         deploy/portcullis.example.toml documents every key",
+                    ),
+                ],
+            },
+        },
+    }
+}
+
+/// Checks configuration text as if read from `path` (relative paths in it resolve
+/// against `path`'s directory).
+pub fn parse(path: &Path, text: String, env: impl IntoIterator<Item = (String, String)>) -> Loaded {
+    let mut sources = Sources::new(path, text);
+    let mut overrides: Vec<(Vec<String>, String, Range<usize>)> = env
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let keys = name.strip_prefix(ENV_PREFIX)?;
+            let keys: Vec<String> = keys.split("__").map(str::to_ascii_lowercase).collect();
+            Some((keys, name, value))
+        })
+        .map(|(keys, name, value)| {
+            let span = sources.add_env(&name, &value);
+            (keys, value, span)
+        })
+        .collect();
+    // Environment order is unspecified; apply in a stable order.
+    overrides.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut problems = Vec::new();
+    let (root, syntax_errors) = DeTable::parse_recoverable(&sources.file);
+    for error in syntax_errors {
+        problems.push(
+            Problem::error(format!("invalid TOML: {}", error.message().trim()))
+                .at_opt(error.span())
+                .help("fix the syntax; TOML reference: https://toml.io/en/v1.0.0"),
+        );
+    }
+    let mut root = root.into_inner();
+    for (keys, value, span) in &overrides {
+        if let Err(problem) = apply_override(&mut root, keys, env_value(value, span.clone())) {
+            problems.push(problem);
+        }
+    }
+
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut check = Check {
+        problems,
+        base,
+        sources: &sources,
+    };
+    let config = check.config(path, root);
+    let problems = check.problems;
+    let report = Report { sources, problems };
+    Loaded {
+        config: if report.has_errors() { None } else { config },
+        report,
+    }
+}
+
+/// Reads an environment value as TOML when it is one (`8`, `true`, `["a"]`, `"quoted"`)
+/// and as a plain string otherwise; every part of it points at the variable.
+fn env_value(value: &str, span: Range<usize>) -> Spanned<DeValue<'_>> {
+    let parsed = DeValue::parse(value)
+        .ok()
+        .map(Spanned::into_inner)
+        .filter(|parsed| !matches!(parsed, DeValue::Table(_) | DeValue::Datetime(_)));
+    let value = match parsed {
+        Some(parsed) => respan(parsed, &span),
+        None => DeValue::String(value.into()),
+    };
+    Spanned::new(span, value)
+}
+
+fn respan<'a>(value: DeValue<'a>, span: &Range<usize>) -> DeValue<'a> {
+    match value {
+        DeValue::Array(items) => {
+            let mut array = DeArray::new();
+            for item in items.iter() {
+                array.push(Spanned::new(
+                    span.clone(),
+                    respan(item.get_ref().clone(), span),
+                ));
+            }
+            DeValue::Array(array)
+        }
+        other => other,
+    }
+}
+
+fn apply_override<'a>(
+    root: &mut DeTable<'a>,
+    keys: &[String],
+    value: Spanned<DeValue<'a>>,
+) -> Result<(), Problem> {
+    let span = value.span();
+    let Some((last, parents)) = keys.split_last() else {
+        return Ok(());
+    };
+    if keys.iter().any(String::is_empty) || parents.is_empty() {
+        return Err(
+            Problem::error("environment override must name a section and a key")
+                .at(span)
+                .help("use PORTCULLIS__SECTION__KEY, e.g. PORTCULLIS__LISTEN__HTTPS=0.0.0.0:443"),
+        );
+    }
+    let mut table = root;
+    for key in parents {
+        let entry = table
+            .entry(Spanned::new(span.clone(), key.clone().into()))
+            .or_insert_with(|| Spanned::new(span.clone(), DeValue::Table(DeTable::new())));
+        table = match entry.get_mut() {
+            DeValue::Table(inner) => inner,
+            _ => {
+                return Err(Problem::error(format!(
+                    "environment override goes into `{key}`, which is not a table"
+                ))
+                .at(span)
+                .help(
+                    "routes and other arrays of tables cannot be overridden from the environment",
+                ));
+            }
+        };
+    }
+    table.insert(Spanned::new(span.clone(), last.clone().into()), value);
+    Ok(())
+}
+
+/// The typed conversion; collects problems instead of stopping.
+struct Check<'s> {
+    problems: Vec<Problem>,
+    /// Directory relative paths resolve against: the configuration file's.
+    base: PathBuf,
+    sources: &'s Sources,
+}
+
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+/// One year, the minimum the HSTS preload list accepts.
+const DEFAULT_HSTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Check<'_> {
+    fn error(&mut self, problem: Problem) {
+        self.problems.push(problem);
+    }
+
+    /// Deserializes one section, reporting a type error at its place.
+    fn section<T: for<'de> Deserialize<'de> + Default>(
+        &mut self,
+        name: &str,
+        value: Option<Spanned<DeValue<'_>>>,
+    ) -> T {
+        let Some(value) = value else {
+            return T::default();
+        };
+        let span = value.span();
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(section) => section,
+            Err(error) => {
+                self.error(
+                    Problem::error(format!("in [{name}]: {}", error.message().trim()))
+                        .at(error.span().unwrap_or(span))
+                        .help("deploy/portcullis.example.toml lists every key with its type"),
+                );
+                T::default()
+            }
+        }
+    }
+
+    fn config(&mut self, path: &Path, mut root: DeTable<'_>) -> Option<Config> {
+        let unknown: Vec<(String, Range<usize>)> = root
+            .iter()
+            .filter(|(key, _)| !raw::SECTIONS.contains(&key.get_ref().as_ref()))
+            .map(|(key, _)| (key.get_ref().to_string(), key.span()))
+            .collect();
+        for (key, span) in unknown {
+            let mut problem = Problem::error(format!("unknown section `{key}`")).at(span);
+            problem = match diagnostic::nearest(&key, raw::SECTIONS.iter().copied()) {
+                Some(near) => problem.help(format!("did you mean `{near}`?")),
+                None => problem.help(format!("known sections: {}", raw::SECTIONS.join(", "))),
+            };
+            self.error(problem);
+        }
+
+        let listen: raw::Listen = self.section("listen", root.remove("listen"));
+        let tls: raw::Tls = self.section("tls", root.remove("tls"));
+        let hsts: raw::Hsts = self.section("hsts", root.remove("hsts"));
+        let server: raw::Server = self.section("server", root.remove("server"));
+        let log: raw::Log = self.section("log", root.remove("log"));
+        let backends_value = root.remove("backends");
+        let routes_value = root.remove("route");
+
+        let mut spans = SpanIndex::default();
+        let listen = self.listen(listen);
+        let tls = self.tls(tls, &mut spans);
+        let hsts = self.hsts(hsts);
+        let server = self.server(server);
+        let log = self.log(log);
+        let backends = self.backends(backends_value, &mut spans);
+        let routes = self.routes(routes_value, &backends);
+
+        Some(Config {
+            path: path.to_path_buf(),
+            listen: listen?,
+            tls: tls?,
+            hsts,
+            server,
+            log,
+            backends,
+            routes,
+            spans,
+        })
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<Spanned<DurationText>>,
+        default: Duration,
+        range: Range<Duration>,
+        key: &str,
+    ) -> Duration {
+        let Some(value) = value else {
+            return default;
+        };
+        let span = value.span();
+        let parsed = match value.into_inner() {
+            DurationText::Seconds(seconds) => u64::try_from(seconds).map(Duration::from_secs).ok(),
+            DurationText::Text(text) => humantime::parse_duration(text.trim()).ok(),
+        };
+        match parsed {
+            Some(duration) if range.contains(&duration) => duration,
+            Some(_) => {
+                self.error(
+                    Problem::error(format!(
+                        "`{key}` must be at least {} and below {}",
+                        humantime::format_duration(range.start),
+                        humantime::format_duration(range.end)
+                    ))
+                    .at(span),
+                );
+                default
+            }
+            None => {
+                self.error(
+                    Problem::error(format!("`{key}` is not a duration"))
+                        .at(span)
+                        .label("not a duration")
+                        .help("write a duration like \"500ms\", \"10s\", \"5m\", \"30d\", or whole seconds"),
+                );
+                default
+            }
+        }
+    }
+
+    fn addresses(&mut self, list: Spanned<raw::StringList>, key: &str) -> Vec<SocketAddr> {
+        let span = list.span();
+        let mut addresses = Vec::new();
+        for text in list.into_inner().0 {
+            match text.trim().parse::<SocketAddr>() {
+                Ok(address) => addresses.push(address),
+                Err(_) => self.error(
+                    Problem::error(format!("`{text}` in `{key}` is not an IP address and port"))
+                        .at(span.clone())
+                        .help("write it as \"0.0.0.0:8443\", \"127.0.0.1:8443\" or \"[::]:8443\""),
+                ),
+            }
+        }
+        addresses
+    }
+
+    fn listen(&mut self, raw: raw::Listen) -> Option<Listen> {
+        let Some(https_list) = raw.https else {
+            self.error(
+                Problem::error("no https listener: `[listen] https` is missing")
+                    .at(0..0)
+                    .help("add `[listen]` with `https = [\"0.0.0.0:8443\"]`"),
+            );
+            return None;
+        };
+        let https_span = https_list.span();
+        let https = self.addresses(https_list, "https");
+        if https.is_empty() {
+            self.error(
+                Problem::error("`https` lists no address")
+                    .at(https_span)
+                    .help("the gateway needs at least one TLS listener"),
+            );
+            return None;
+        }
+        let http = match raw.http {
+            Some(list) => {
+                let span = list.span();
+                let http = self.addresses(list, "http");
+                for address in &http {
+                    if https.contains(address) {
+                        self.error(
+                            Problem::error(format!(
+                                "`{address}` is both an https and an http listener"
+                            ))
+                            .at(span.clone())
+                            .help("give the redirecting http listener its own port"),
+                        );
+                    }
+                }
+                http
+            }
+            None => Vec::new(),
+        };
+        let default_port = https.first().map_or(443, SocketAddr::port);
+        let redirect_port = match raw.redirect_port {
+            Some(port) => {
+                let span = port.span();
+                match u16::try_from(*port.get_ref()) {
+                    Ok(port) if port > 0 => port,
+                    _ => {
+                        self.error(
+                            Problem::error("`redirect_port` must be a port number from 1 to 65535")
+                                .at(span),
+                        );
+                        default_port
+                    }
+                }
+            }
+            None => default_port,
+        };
+        Some(Listen {
+            https,
+            http,
+            redirect_port,
+        })
+    }
+
+    fn path(&self, text: &str) -> PathBuf {
+        let path = Path::new(text);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn tls(&mut self, raw: raw::Tls, spans: &mut SpanIndex) -> Option<TlsFiles> {
+        let file = |check: &mut Self, value: Option<Spanned<String>>, key: &str| {
+            let Some(value) = value else {
+                check.error(
+                    Problem::error(format!("`[tls] {key}` is missing"))
+                        .at(0..0)
+                        .help("run `portcullis certs dev` for a development certificate, or point at your PEM files"),
+                );
+                return None;
+            };
+            Some((check.path(value.get_ref()), value.span()))
+        };
+        let certificate = file(self, raw.certificate, "certificate");
+        let private_key = file(self, raw.private_key, "private_key");
+        let expiry_warning = self.duration(
+            raw.expiry_warning,
+            DEFAULT_EXPIRY_WARNING,
+            Duration::ZERO..Duration::from_secs(3650 * 24 * 3600),
+            "expiry_warning",
+        );
+        let (certificate, certificate_span) = certificate?;
+        let (private_key, private_key_span) = private_key?;
+        spans.certificate = Some(certificate_span);
+        spans.private_key = Some(private_key_span);
+        Some(TlsFiles {
+            certificate,
+            private_key,
+            expiry_warning,
+        })
+    }
+
+    fn hsts(&mut self, raw: raw::Hsts) -> Hsts {
+        let max_age = self.duration(
+            raw.max_age,
+            DEFAULT_HSTS_MAX_AGE,
+            Duration::ZERO..Duration::from_secs(10 * 365 * 24 * 3600),
+            "max_age",
+        );
+        let include_subdomains = raw.include_subdomains.unwrap_or(false);
+        let preload = match raw.preload {
+            Some(preload) if *preload.get_ref() => {
+                // https://hstspreload.org/#submission-requirements
+                if max_age < DEFAULT_HSTS_MAX_AGE || !include_subdomains {
+                    self.error(
+                        Problem::error("`preload` needs `max_age` of at least one year and `include_subdomains = true`")
+                            .at(preload.span())
+                            .help("browsers' preload lists refuse weaker policies; set both or drop `preload`"),
+                    );
+                }
+                true
+            }
+            _ => false,
+        };
+        Hsts {
+            max_age,
+            include_subdomains,
+            preload,
+        }
+    }
+
+    fn count(
+        &mut self,
+        value: Option<Spanned<i64>>,
+        default: usize,
+        max: usize,
+        key: &str,
+    ) -> usize {
+        let Some(value) = value else {
+            return default;
+        };
+        match usize::try_from(*value.get_ref()) {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                self.error(
+                    Problem::error(format!("`{key}` must be from 1 to {max}")).at(value.span()),
+                );
+                default
+            }
+        }
+    }
+
+    fn server(&mut self, raw: raw::Server) -> ServerSettings {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = self.count(raw.threads, cpus, 1024, "threads");
+        let keepalive_pool_size = self.count(
+            raw.keepalive_pool_size,
+            128,
+            1_000_000,
+            "keepalive_pool_size",
+        );
+        let grace_period = self.duration(
+            raw.grace_period,
+            DEFAULT_GRACE_PERIOD,
+            Duration::ZERO..Duration::from_secs(3601),
+            "grace_period",
+        );
+        let shutdown_timeout = self.duration(
+            raw.shutdown_timeout,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            Duration::ZERO..Duration::from_secs(3601),
+            "shutdown_timeout",
+        );
+        let mut networks = Vec::new();
+        if let Some(list) = raw.trusted_proxies {
+            let span = list.span();
+            for text in list.into_inner().0 {
+                let text = text.trim();
+                let parsed = text
+                    .parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(network) => networks.push(network),
+                    Err(_) => self.error(
+                        Problem::error(format!("`{text}` in `trusted_proxies` is not an address or network"))
+                            .at(span.clone())
+                            .help("write addresses or CIDR networks: \"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\""),
+                    ),
+                }
+            }
+        }
+        ServerSettings {
+            threads,
+            grace_period,
+            shutdown_timeout,
+            trusted_proxies: TrustedProxies::new(networks),
+            keepalive_pool_size,
+        }
+    }
+
+    fn log(&mut self, raw: raw::Log) -> LogSettings {
+        let format = match raw.format {
+            None => LogFormat::Text,
+            Some(format) => match format.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    self.error(
+                        Problem::error(format!("unknown log format `{other}`"))
+                            .at(format.span())
+                            .help("use \"text\" or \"json\""),
+                    );
+                    LogFormat::Text
+                }
+            },
+        };
+        let filter = match raw.level {
+            None => "info".to_owned(),
+            Some(level) => {
+                if tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err() {
+                    self.error(
+                        Problem::error(format!("`{}` is not a log filter", level.get_ref()))
+                            .at(level.span())
+                            .help("use a level (error, warn, info, debug, trace) or directives like \"info,pingora=warn\""),
+                    );
+                }
+                level.into_inner()
+            }
+        };
+        LogSettings { format, filter }
+    }
+
+    fn backends(
+        &mut self,
+        value: Option<Spanned<DeValue<'_>>>,
+        spans: &mut SpanIndex,
+    ) -> BTreeMap<Arc<str>, Backend> {
+        let mut backends = BTreeMap::new();
+        let Some(value) = value else {
+            return backends;
+        };
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.error(
+                Problem::error("`backends` must be a table of named backends")
+                    .at(span)
+                    .help("declare each backend as [backends.NAME] with an `address`"),
+            );
+            return backends;
+        };
+        for (name, value) in table {
+            let name_span = name.span();
+            let name: Arc<str> = name.into_inner().as_ref().into();
+            if !is_identifier(&name) {
+                self.error(
+                    Problem::error(format!("backend name `{name}` has characters other than letters, digits, `-` and `_`"))
+                        .at(name_span.clone()),
+                );
+            }
+            let raw: raw::Backend = self.section(&format!("backends.{name}"), Some(value));
+            if let Some(backend) = self.backend(name.clone(), raw, name_span, spans) {
+                backends.insert(name, backend);
+            }
+        }
+        backends
+    }
+
+    fn backend(
+        &mut self,
+        name: Arc<str>,
+        raw: raw::Backend,
+        name_span: Range<usize>,
+        spans: &mut SpanIndex,
+    ) -> Option<Backend> {
+        let timeout = |check: &mut Self, value, default: u64, key: &str| {
+            check.duration(
+                value,
+                Duration::from_secs(default),
+                Duration::from_millis(1)..Duration::from_secs(3601),
+                key,
+            )
+        };
+        let connect_timeout = timeout(self, raw.connect_timeout, 5, "connect_timeout");
+        let read_timeout = timeout(self, raw.read_timeout, 60, "read_timeout");
+        let write_timeout = timeout(self, raw.write_timeout, 60, "write_timeout");
+        let idle_timeout = timeout(self, raw.idle_timeout, 60, "idle_timeout");
+        let Some(address) = raw.address else {
+            self.error(
+                Problem::error(format!("backend `{name}` has no `address`"))
+                    .at(name_span)
+                    .help("add `address = \"HOST:PORT\"`, e.g. \"127.0.0.1:5000\""),
+            );
+            return None;
+        };
+        let address_span = address.span();
+        let address_text = address.into_inner();
+        let resolved = address_text.to_socket_addrs().map(|mut found| found.next());
+        let socket = match resolved {
+            Ok(Some(socket)) => socket,
+            Ok(None) | Err(_) => {
+                self.error(
+                    Problem::error(format!("backend address `{address_text}` does not resolve"))
+                        .at(address_span)
+                        .help("write HOST:PORT with a resolvable host name or an IP address; names are resolved once at start"),
+                );
+                return None;
+            }
+        };
+        let tls = if raw.tls.unwrap_or(false) {
+            let host = address_text
+                .rsplit_once(':')
+                .map_or(address_text.as_str(), |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let ca = raw.ca.map(|ca| {
+                spans.backend_ca.insert(name.clone(), ca.span());
+                self.path(ca.get_ref())
+            });
+            Some(BackendTls {
+                sni: raw.sni.map_or(host, Spanned::into_inner),
+                verify_certificate: raw.verify_certificate.unwrap_or(true),
+                ca,
+            })
+        } else {
+            for (key, present) in [
+                ("sni", raw.sni.as_ref().map(Spanned::span)),
+                ("ca", raw.ca.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = present {
+                    self.error(
+                        Problem::error(format!(
+                            "`{key}` is set but backend `{name}` does not use TLS"
+                        ))
+                        .at(span)
+                        .help("add `tls = true` or remove the key"),
+                    );
+                }
+            }
+            None
+        };
+        Some(Backend {
+            name,
+            address_text,
+            address: socket,
+            tls,
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+            idle_timeout,
+        })
+    }
+
+    fn routes(
+        &mut self,
+        value: Option<Spanned<DeValue<'_>>>,
+        backends: &BTreeMap<Arc<str>, Backend>,
+    ) -> RouteTable {
+        let Some(value) = value else {
+            self.error(
+                Problem::warning("no routes: every request will be refused with 404")
+                    .at(0..0)
+                    .help("add a [[route]] with `id`, `path_prefix`, `backend` and `auth`"),
+            );
+            return RouteTable::default();
+        };
+        let span = value.span();
+        let DeValue::Array(items) = value.into_inner() else {
+            self.error(
+                Problem::error("`route` must be an array of tables")
+                    .at(span)
+                    .help("write each route as a [[route]] table"),
+            );
+            return RouteTable::default();
+        };
+        let mut routes = Vec::new();
+        let mut ids: HashMap<String, Range<usize>> = HashMap::new();
+        let mut places: HashMap<(HostPattern, String), (String, Range<usize>)> = HashMap::new();
+        for item in items.iter() {
+            let item_span = item.span();
+            let raw = match raw::Route::deserialize(ValueDeserializer::from(item.clone())) {
+                Ok(raw) => raw,
+                Err(error) => {
+                    self.error(
+                        Problem::error(format!("in [[route]]: {}", error.message().trim()))
+                            .at(error.span().unwrap_or(item_span))
+                            .help("a route has `id`, `path_prefix`, `backend`, `auth` and optionally `host`"),
+                    );
+                    continue;
+                }
+            };
+            if let Some(route) = self.route(raw, backends, &mut ids, &mut places) {
+                routes.push(route);
+            }
+        }
+        RouteTable::new(routes)
+    }
+
+    fn route(
+        &mut self,
+        raw: raw::Route,
+        backends: &BTreeMap<Arc<str>, Backend>,
+        ids: &mut HashMap<String, Range<usize>>,
+        places: &mut HashMap<(HostPattern, String), (String, Range<usize>)>,
+    ) -> Option<Route> {
+        let mut valid = true;
+        let id = raw.id.get_ref().clone();
+        if !is_identifier(&id) {
+            valid = false;
+            self.error(
+                Problem::error(format!(
+                    "route id `{id}` has characters other than letters, digits, `-` and `_`"
+                ))
+                .at(raw.id.span()),
+            );
+        }
+        if let Some(first) = ids.insert(id.clone(), raw.id.span()) {
+            valid = false;
+            let line = self.line_hint(&first);
+            self.error(
+                Problem::error(format!("route id `{id}` is used twice"))
+                    .at(raw.id.span())
+                    .help(format!("ids must be unique; the first `{id}` is {line}")),
+            );
+        }
+        let host = HostPattern::parse(raw.host.get_ref());
+        if host.is_none() {
+            valid = false;
+            self.error(
+                Problem::error(format!("`{}` is not a host pattern", raw.host.get_ref()))
+                    .at(raw.host.span())
+                    .help("use \"*\", a host name like \"api.example.com\" or \"*.example.com\"; no port"),
+            );
+        }
+        let prefix = normalize_prefix(raw.path_prefix.get_ref());
+        if prefix.is_none() {
+            valid = false;
+            self.error(
+                Problem::error(format!("path prefix `{}` is not a canonical path", raw.path_prefix.get_ref()))
+                    .at(raw.path_prefix.span())
+                    .help("start with `/`; no `//`, `.` or `..` segments, `;`, `%2F`, or escapes of plain letters"),
+            );
+        }
+        let backend_name = raw.backend.get_ref().as_str();
+        let backend = backends
+            .get_key_value(backend_name)
+            .map(|(name, _)| name.clone());
+        if backend.is_none() {
+            valid = false;
+            let help = match diagnostic::nearest(backend_name, backends.keys().map(AsRef::as_ref)) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None if backends.is_empty() => {
+                    "declare a backend as [backends.NAME] with an `address`".to_owned()
+                }
+                None => format!(
+                    "declared backends: {}",
+                    backends
+                        .keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            self.error(
+                Problem::error(format!("unknown backend `{backend_name}`"))
+                    .at(raw.backend.span())
+                    .label("not declared under [backends]")
+                    .help(help),
+            );
+        }
+        let access = Access::parse(raw.auth.get_ref());
+        match access {
+            None => {
+                valid = false;
+                let name = raw.auth.get_ref();
+                let help = match diagnostic::nearest(name, Access::NAMES.iter().copied()) {
+                    Some(near) => format!("did you mean `{near}`?"),
+                    None => format!("use one of: {}", Access::NAMES.join(", ")),
+                };
+                self.error(
+                    Problem::error(format!("unknown auth mode `{name}`"))
+                        .at(raw.auth.span())
+                        .help(help),
+                );
+            }
+            Some(Access::Public) => {}
+            Some(other) => self.error(
+                Problem::warning(format!(
+                    "route `{id}` requires `{}` credentials, which this gateway cannot verify yet: every request to it is refused with 401",
+                    other.name()
+                ))
+                .at(raw.auth.span())
+                .help("mark routes `public` until users and tokens are configured"),
+            ),
+        }
+        let (Some(host), Some(prefix), Some(backend), Some(access)) =
+            (host, prefix, backend, access)
+        else {
+            return None;
+        };
+        let place = (host.clone(), prefix.clone());
+        if let Some((other, other_span)) = places.get(&place) {
+            let line = self.line_hint(other_span);
+            self.error(
+                Problem::error(format!(
+                    "routes `{other}` and `{id}` both match host `{host}` and path prefix `{prefix}`"
+                ))
+                .at(raw.path_prefix.span())
+                .help(format!("give one of them another host or prefix; `{other}` is {line}")),
+            );
+            return None;
+        }
+        places.insert(place, (id.clone(), raw.path_prefix.span()));
+        valid.then(|| Route {
+            id: id.into(),
+            host,
+            path_prefix: prefix,
+            backend,
+            access,
+        })
+    }
+
+    /// "at file:line:col", for hints that name a second place.
+    fn line_hint(&self, span: &Range<usize>) -> String {
+        format!("at {}", self.sources.position(span))
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

@@ -1,0 +1,146 @@
+//! The configuration file as written: serde structs with spans, no meaning yet.
+//!
+//! Every struct refuses unknown keys. Each value that a later check may reject is
+//! `Spanned`, so the check can point at it. Conversion into the typed [`super::Config`]
+//! happens in `config.rs`.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+
+/// Top-level sections, for "unknown section" hints.
+pub const SECTIONS: &[&str] = &[
+    "listen", "tls", "hsts", "server", "log", "backends", "route",
+];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub https: Option<Spanned<StringList>>,
+    pub http: Option<Spanned<StringList>>,
+    pub redirect_port: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub certificate: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<String>>,
+    pub expiry_warning: Option<Spanned<DurationText>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hsts {
+    pub max_age: Option<Spanned<DurationText>>,
+    pub include_subdomains: Option<bool>,
+    pub preload: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub threads: Option<Spanned<i64>>,
+    pub grace_period: Option<Spanned<DurationText>>,
+    pub shutdown_timeout: Option<Spanned<DurationText>>,
+    pub trusted_proxies: Option<Spanned<StringList>>,
+    pub keepalive_pool_size: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub format: Option<Spanned<String>>,
+    pub level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub address: Option<Spanned<String>>,
+    pub tls: Option<bool>,
+    pub sni: Option<Spanned<String>>,
+    pub verify_certificate: Option<bool>,
+    pub ca: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<DurationText>>,
+    pub read_timeout: Option<Spanned<DurationText>>,
+    pub write_timeout: Option<Spanned<DurationText>>,
+    pub idle_timeout: Option<Spanned<DurationText>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub id: Spanned<String>,
+    #[serde(default = "any_host")]
+    pub host: Spanned<String>,
+    pub path_prefix: Spanned<String>,
+    pub backend: Spanned<String>,
+    pub auth: Spanned<String>,
+}
+
+fn any_host() -> Spanned<String> {
+    Spanned::new(0..0, "*".to_owned())
+}
+
+/// A string or a list of strings: `"a"` and `["a", "b"]` both work, which keeps
+/// environment overrides short (`PORTCULLIS__LISTEN__HTTPS=0.0.0.0:443`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StringList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = StringList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<StringList, E> {
+                Ok(StringList(vec![value.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StringList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(StringList(items))
+            }
+        }
+        deserializer.deserialize_any(ListVisitor)
+    }
+}
+
+/// A duration as text (`"10s"`, `"5m"`, `"30d"`) or whole seconds; parsed later so an
+/// invalid one is reported with the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurationText {
+    Text(String),
+    Seconds(i64),
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"10s\", \"5m\" or \"30d\", or whole seconds")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<DurationText, E> {
+                Ok(DurationText::Text(value.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<DurationText, E> {
+                Ok(DurationText::Seconds(value))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<DurationText, E> {
+                i64::try_from(value)
+                    .map(DurationText::Seconds)
+                    .map_err(|_| E::custom("duration is too large"))
+            }
+        }
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}

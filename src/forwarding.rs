@@ -1,0 +1,397 @@
+//! Strip, then set: the headers a backend may trust (DESIGN §7, CONVENTIONS 7).
+//!
+//! Runs twice in the flow: right after canonicalization every client-sent header a
+//! backend could mistake for the gateway's word is removed ([`Strip`]), and just before
+//! forwarding the gateway sets its own ([`ForwardedFor::headers`]). The reserved names
+//! live here and nowhere else; the proxy only applies these plans to pingora's headers.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// Prefix of every identity header the gateway sets for backends.
+pub const IDENTITY_PREFIX: &str = "x-portcullis-";
+/// The request id header, sent to the backend and back to the client.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Exact names (after [`normalized`]) that only the gateway may set.
+///
+/// SECURITY: each of these is read by some framework as a statement about the client:
+/// its address (`x-real-ip`, `true-client-ip`, …), the URL it asked for
+/// (`x-original-url`, `x-rewrite-url`) or the method it used (`x-http-method-override`,
+/// which would let a `POST` be authorized and then executed as `DELETE`).
+const RESERVED_NAMES: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-request-id",
+];
+
+/// Name prefixes (after [`normalized`]) that only the gateway may set.
+const RESERVED_PREFIXES: &[&str] = &[IDENTITY_PREFIX, "x-forwarded-"];
+
+/// Header names compare case-insensitively, and many servers (CGI, WSGI, nginx with
+/// `underscores_in_headers`) map `_` and `.` to `-`, so `X_Portcullis.User-ID` must
+/// count as `x-portcullis-user-id`.
+fn normalized(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '_' | '.' => '-',
+            other => other.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Whether a client-sent header with this name must never reach a backend.
+pub fn is_reserved(name: &str) -> bool {
+    let name = normalized(name);
+    RESERVED_NAMES.contains(&name.as_str())
+        || RESERVED_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+}
+
+/// What to take out of a client's request before anything else reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Strip {
+    /// Reserved headers the client sent.
+    pub remove: Vec<HeaderName>,
+    /// The client's `Connection` header without nominations of reserved headers.
+    pub connection: ConnectionRewrite,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionRewrite {
+    /// Nothing reserved was nominated.
+    Keep,
+    /// Only reserved headers were nominated.
+    Remove,
+    Replace(HeaderValue),
+}
+
+impl Strip {
+    /// Plans the removal of every reserved header a client sent, and of every
+    /// `Connection` nomination of one.
+    ///
+    /// SECURITY: `Connection: close, X-Portcullis-User-Id` asks each hop to drop that
+    /// header; the gateway's own identity headers must survive it (DESIGN §7).
+    pub fn plan(headers: &HeaderMap) -> Self {
+        let mut remove: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| is_reserved(name.as_str()))
+            .cloned()
+            .collect();
+        remove.dedup();
+        Self {
+            remove,
+            connection: connection_rewrite(headers),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.connection == ConnectionRewrite::Keep
+    }
+
+    /// Applies the plan to a plain header map.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        match &self.connection {
+            ConnectionRewrite::Keep => {}
+            ConnectionRewrite::Remove => {
+                headers.remove(CONNECTION);
+            }
+            ConnectionRewrite::Replace(value) => {
+                headers.insert(CONNECTION, value.clone());
+            }
+        }
+    }
+}
+
+fn connection_rewrite(headers: &HeaderMap) -> ConnectionRewrite {
+    let tokens: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(|token| String::from_utf8_lossy(token).trim().to_owned())
+        .filter(|token| !token.is_empty())
+        .collect();
+    if !tokens.iter().any(|token| is_reserved(token)) {
+        return ConnectionRewrite::Keep;
+    }
+    let kept: Vec<String> = tokens.into_iter().filter(|t| !is_reserved(t)).collect();
+    if kept.is_empty() {
+        return ConnectionRewrite::Remove;
+    }
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(value) => ConnectionRewrite::Replace(value),
+        Err(_) => ConnectionRewrite::Remove,
+    }
+}
+
+/// Which peers may tell the gateway who the client is.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    networks: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        Self { networks }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.networks.iter().any(|network| network.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty()
+    }
+}
+
+/// IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`) are their IPv4 selves.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// What the gateway knows about where a request came from, read from the connection
+/// and, only for trusted peers, from the headers those peers set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedFor {
+    /// The address the client connected from, as far as the gateway can verify.
+    pub client_ip: IpAddr,
+    /// The `X-Forwarded-For` chain to send on, ending with the connecting peer.
+    chain: String,
+    /// A request id a trusted peer already assigned, if any.
+    upstream_request_id: Option<String>,
+}
+
+impl ForwardedFor {
+    /// Reads the client address. Must run before [`Strip`], which removes the headers a
+    /// trusted proxy set.
+    pub fn read(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> Self {
+        let peer = canonical_ip(peer);
+        if !trusted.contains(peer) {
+            return Self {
+                client_ip: peer,
+                chain: peer.to_string(),
+                upstream_request_id: None,
+            };
+        }
+        let hops: Vec<IpAddr> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .map(canonical_ip)
+            .collect();
+        // The client is the right-most address not added by a trusted proxy; anything
+        // left of it is the client's own claim.
+        let client_ip = hops
+            .iter()
+            .rev()
+            .copied()
+            .find(|hop| !trusted.contains(*hop))
+            .unwrap_or(peer);
+        let mut chain: Vec<String> = hops.iter().map(IpAddr::to_string).collect();
+        chain.push(peer.to_string());
+        let upstream_request_id = headers
+            .get(&REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| is_plausible_request_id(id))
+            .map(str::to_owned);
+        Self {
+            client_ip,
+            chain: chain.join(", "),
+            upstream_request_id,
+        }
+    }
+
+    /// A request id a trusted proxy assigned, to keep one id across the hops.
+    pub fn upstream_request_id(&self) -> Option<&str> {
+        self.upstream_request_id.as_deref()
+    }
+
+    /// The forwarding headers the backend receives; set after [`Strip`] ran.
+    pub fn headers(&self, host: Option<&str>, request_id: &str) -> Vec<(HeaderName, HeaderValue)> {
+        // The gateway terminates TLS, so the client's scheme is always https.
+        let mut set = vec![
+            (X_FORWARDED_FOR, self.chain.as_str()),
+            (X_FORWARDED_PROTO, "https"),
+            (REQUEST_ID, request_id),
+        ];
+        if let Some(host) = host {
+            set.push((X_FORWARDED_HOST, host));
+        }
+        set.into_iter()
+            .filter_map(|(name, value)| {
+                HeaderValue::from_str(value).ok().map(|value| (name, value))
+            })
+            .collect()
+    }
+}
+
+/// Request ids from trusted peers are echoed into logs and headers: keep them short and plain.
+fn is_plausible_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A fresh request id.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn identity_header_variants_are_reserved() {
+        for name in [
+            "X-Portcullis-User-Id",
+            "x-portcullis-user-id",
+            "X_PORTCULLIS_USER_ID",
+            "x.portcullis.roles",
+            "X-Portcullis_Account-Id",
+            "X-Forwarded-For",
+            "x_forwarded_host",
+            "X-Forwarded-Prefix",
+            "Forwarded",
+            "X-Real-IP",
+            "x_real_ip",
+            "X-Original-URL",
+            "X-Rewrite-Url",
+            "X-HTTP-Method-Override",
+            "X-Request-Id",
+        ] {
+            assert!(is_reserved(name), "{name} must be reserved");
+        }
+        for name in ["Authorization", "Content-Type", "X-Portcullisx", "Accept"] {
+            assert!(!is_reserved(name), "{name} must pass");
+        }
+    }
+
+    #[test]
+    fn strip_removes_reserved_and_keeps_the_rest() {
+        let mut map = headers(&[
+            ("x-portcullis-user-id", "1"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("accept", "text/html"),
+            ("connection", "close, X-Portcullis-User-Id, x-keep"),
+        ]);
+        let plan = Strip::plan(&map);
+        assert_eq!(plan.remove.len(), 2);
+        plan.apply(&mut map);
+        assert!(map.get("x-portcullis-user-id").is_none());
+        assert!(map.get("x_forwarded_for").is_none());
+        assert_eq!(
+            map.get("accept").map(|v| v.as_bytes()),
+            Some(&b"text/html"[..])
+        );
+        assert_eq!(
+            map.get(CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"close, x-keep"[..])
+        );
+    }
+
+    #[test]
+    fn connection_with_only_reserved_nominations_is_removed() {
+        let map = headers(&[("connection", "X-Forwarded-For")]);
+        assert_eq!(Strip::plan(&map).connection, ConnectionRewrite::Remove);
+        let map = headers(&[("connection", "keep-alive")]);
+        assert!(Strip::plan(&map).is_empty());
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_claim_another_address() {
+        let map = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-request-id", "abc")]);
+        let seen = ForwardedFor::read(
+            "10.0.0.9".parse().expect("ip"),
+            &map,
+            &TrustedProxies::default(),
+        );
+        assert_eq!(seen.client_ip, "10.0.0.9".parse::<IpAddr>().expect("ip"));
+        assert_eq!(seen.upstream_request_id(), None);
+        let out: HeaderMap = seen
+            .headers(Some("example.com"), "rid")
+            .into_iter()
+            .collect();
+        assert_eq!(
+            out.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()),
+            Some(&b"10.0.0.9"[..])
+        );
+        assert_eq!(
+            out.get(&X_FORWARDED_PROTO).map(|v| v.as_bytes()),
+            Some(&b"https"[..])
+        );
+        assert_eq!(
+            out.get(&X_FORWARDED_HOST).map(|v| v.as_bytes()),
+            Some(&b"example.com"[..])
+        );
+        assert_eq!(
+            out.get(&REQUEST_ID).map(|v| v.as_bytes()),
+            Some(&b"rid"[..])
+        );
+    }
+
+    #[test]
+    fn trusted_peer_chain_yields_rightmost_untrusted_client() {
+        let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().expect("net")]);
+        let map = headers(&[
+            ("x-forwarded-for", "9.9.9.9, 1.2.3.4, 10.1.1.1"),
+            ("x-request-id", "lb-42"),
+        ]);
+        let seen = ForwardedFor::read("::ffff:10.0.0.2".parse().expect("ip"), &map, &trusted);
+        assert_eq!(seen.client_ip, "1.2.3.4".parse::<IpAddr>().expect("ip"));
+        assert_eq!(seen.upstream_request_id(), Some("lb-42"));
+        let out: HeaderMap = seen.headers(None, "lb-42").into_iter().collect();
+        assert_eq!(
+            out.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()),
+            Some(&b"9.9.9.9, 1.2.3.4, 10.1.1.1, 10.0.0.2"[..])
+        );
+    }
+
+    #[test]
+    fn implausible_request_ids_from_trusted_peers_are_replaced() {
+        let trusted = TrustedProxies::new(vec!["127.0.0.0/8".parse().expect("net")]);
+        let map = headers(&[("x-request-id", "has space")]);
+        let seen = ForwardedFor::read("127.0.0.1".parse().expect("ip"), &map, &trusted);
+        assert_eq!(seen.upstream_request_id(), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! What the gateway knows about one request as it moves through the phases.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::http::RequestHeader;
+
+use super::Snapshot;
+use crate::canonical::CanonicalTarget;
+use crate::forwarding::ForwardedFor;
+use crate::policy::Permit;
+use crate::rejection::Rejection;
+
+/// Per-request state: filled in by `request_filter`, read by the later phases.
+pub struct RequestContext {
+    /// The configuration this request is decided with, start to end.
+    pub snapshot: Arc<Snapshot>,
+    pub started: Instant,
+    pub request_id: String,
+    pub client_ip: Option<IpAddr>,
+    pub method: String,
+    /// Canonical path, once canonicalization succeeded.
+    pub path: Option<String>,
+    pub route: Option<Arc<str>>,
+    /// Set only by `authorize`; `upstream_peer` refuses to run without it.
+    pub permit: Option<Permit>,
+    /// Client facts, host as received and canonical target, for the forwarded request.
+    pub forwarding: Option<(ForwardedFor, Option<String>, CanonicalTarget)>,
+    /// Why the gateway answered itself, for the log.
+    pub refusal: Option<Rejection>,
+}
+
+impl RequestContext {
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        Self {
+            snapshot,
+            started: Instant::now(),
+            request_id: crate::forwarding::new_request_id(),
+            client_ip: None,
+            method: String::new(),
+            path: None,
+            route: None,
+            permit: None,
+            forwarding: None,
+            refusal: None,
+        }
+    }
+}
+
+/// The host a request is for: the `Host` header (HTTP/1) or `:authority` (HTTP/2),
+/// as received. Several or conflicting values make the request ambiguous.
+pub fn request_host(request: &RequestHeader) -> Result<Option<String>, Rejection> {
+    let mut headers = request.headers.get_all(http::header::HOST).iter();
+    let header = match (headers.next(), headers.next()) {
+        (None, _) => None,
+        (Some(value), None) => Some(value.to_str().map_err(|_| Rejection::BadHost)?),
+        (Some(_), Some(_)) => return Err(Rejection::BadHost),
+    };
+    let authority = request.uri.authority().map(http::uri::Authority::as_str);
+    let host = match (header, authority) {
+        (Some(header), Some(authority)) if !header.eq_ignore_ascii_case(authority) => {
+            return Err(Rejection::BadHost);
+        }
+        (Some(host), _) | (None, Some(host)) => host,
+        (None, None) => return Ok(None),
+    };
+    if crate::route::is_valid_host(host) {
+        Ok(Some(host.to_owned()))
+    } else {
+        Err(Rejection::BadHost)
+    }
+}

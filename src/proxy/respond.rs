@@ -1,0 +1,136 @@
+//! Responses the gateway writes itself, security headers on every TLS response, and
+//! the per-request log line.
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http::header::{
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, STRICT_TRANSPORT_SECURITY, WWW_AUTHENTICATE,
+};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use super::RequestContext;
+use crate::forwarding::REQUEST_ID;
+use crate::rejection::Rejection;
+
+const NOSNIFF: (&str, &str) = ("x-content-type-options", "nosniff");
+
+/// Writes the fixed response for a refusal and records why, for the log.
+pub async fn refuse(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    rejection: Rejection,
+) -> Result<()> {
+    let refusal = rejection.response();
+    tracing::debug!(request_id = %ctx.request_id, reason = %rejection, "refused");
+    ctx.refusal = Some(rejection);
+    let mut header = ResponseHeader::build(refusal.status, Some(8))?;
+    header.insert_header(CONTENT_TYPE, "application/json")?;
+    header.insert_header(CONTENT_LENGTH, refusal.body.len().to_string())?;
+    header.insert_header(CACHE_CONTROL, "no-store")?;
+    if let Some(challenge) = refusal.www_authenticate {
+        header.insert_header(WWW_AUTHENTICATE, challenge)?;
+    }
+    secure(&mut header, ctx)?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from_static(refusal.body.as_bytes())), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// HSTS and the request id on every TLS response (RFC 6797 §7.1); `nosniff` unless the
+/// backend chose otherwise.
+fn secure(header: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
+    header.insert_header(STRICT_TRANSPORT_SECURITY, ctx.snapshot.hsts().clone())?;
+    if header.headers.get(NOSNIFF.0).is_none() {
+        header.insert_header(NOSNIFF.0, NOSNIFF.1)?;
+    }
+    if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+        header.insert_header(REQUEST_ID, id)?;
+    }
+    Ok(())
+}
+
+/// `response_filter` for proxied responses.
+pub fn secure_proxied(response: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
+    secure(response, ctx)
+}
+
+/// Maps a proxying failure to a refusal; writes it unless a response already started.
+pub async fn failure(
+    session: &mut Session,
+    error: &Error,
+    ctx: &mut RequestContext,
+) -> FailToProxy {
+    let backend = ctx
+        .permit
+        .as_ref()
+        .map(|permit| permit.backend().to_owned())
+        .unwrap_or_default();
+    let rejection = match (error.esource(), error.etype()) {
+        (
+            ErrorSource::Upstream,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+        ) => Some(Rejection::BackendTimeout { backend }),
+        (ErrorSource::Upstream, _) => Some(Rejection::BackendUnreachable { backend }),
+        // The client went away or broke the protocol: nobody to answer, or pingora's 400.
+        (
+            ErrorSource::Downstream,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+        ) => None,
+        (ErrorSource::Downstream, _) => Some(Rejection::BadRequest),
+        (ErrorSource::Internal | ErrorSource::Unset, _) => {
+            Some(Rejection::Internal(error.to_string()))
+        }
+    };
+    tracing::warn!(request_id = %ctx.request_id, error = %error, "proxying failed");
+    let Some(rejection) = rejection else {
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+    };
+    let status = rejection.response().status;
+    if session.response_written().is_none() {
+        if let Err(write_error) = refuse(session, ctx, rejection).await {
+            tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not send the error response");
+        }
+    } else {
+        ctx.refusal = Some(rejection);
+    }
+    FailToProxy {
+        error_code: status,
+        can_reuse_downstream: false,
+    }
+}
+
+/// One line per request. SECURITY: no headers and no query string (it may carry
+/// tokens); the canonical path and ids only.
+pub fn log(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
+    let status = session
+        .response_written()
+        .map_or(0, |response| response.status.as_u16());
+    let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+    let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let reason = ctx.refusal.as_ref().map(ToString::to_string);
+    tracing::info!(
+        target: "portcullis::request",
+        request_id = %ctx.request_id,
+        client = %client,
+        method = %ctx.method,
+        path = ctx.path.as_deref().unwrap_or("-"),
+        route = ctx.route.as_deref().unwrap_or("-"),
+        status,
+        latency_ms = format_args!("{latency_ms:.3}"),
+        reason = reason.as_deref().unwrap_or("-"),
+        error = error.map(ToString::to_string).as_deref().unwrap_or("-"),
+        "request"
+    );
+}

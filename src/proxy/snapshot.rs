@@ -1,0 +1,92 @@
+//! Everything a request is decided with, swapped atomically as one value.
+//!
+//! The gateway holds one `ArcSwap<Snapshot>`; each request loads it once in `new_ctx`
+//! and keeps that `Arc` to the end, so a reload never mixes two configurations in one
+//! decision (CONVENTIONS 8).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use pingora::prelude::HttpPeer;
+use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
+
+use crate::config::{Backend, Config};
+use crate::forwarding::TrustedProxies;
+use crate::rate_limit::RateLimits;
+use crate::route::RouteTable;
+use crate::tls::{TlsError, backend_ca};
+
+pub struct Snapshot {
+    routes: RouteTable,
+    /// Ready-made peers, cloned per request.
+    peers: HashMap<Arc<str>, HttpPeer>,
+    hsts: HeaderValue,
+    trusted_proxies: TrustedProxies,
+    rate_limits: RateLimits,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a checked configuration (backend CA files are read here).
+    pub fn build(config: &Config) -> Result<Self, TlsError> {
+        let mut peers = HashMap::new();
+        for backend in config.backends.values() {
+            peers.insert(backend.name.clone(), peer(backend)?);
+        }
+        Ok(Self {
+            routes: config.routes.clone(),
+            peers,
+            hsts: HeaderValue::from_str(&config.hsts.header_value())
+                .unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000")),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            rate_limits: RateLimits::default(),
+        })
+    }
+
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.trusted_proxies
+    }
+
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.rate_limits
+    }
+
+    pub fn hsts(&self) -> &HeaderValue {
+        &self.hsts
+    }
+
+    /// A fresh peer for the named backend.
+    pub fn peer(&self, backend: &str) -> Option<Box<HttpPeer>> {
+        self.peers.get(backend).cloned().map(Box::new)
+    }
+}
+
+fn peer(backend: &Backend) -> Result<HttpPeer, TlsError> {
+    let (tls, sni) = match &backend.tls {
+        Some(tls) => (true, tls.sni.clone()),
+        None => (false, String::new()),
+    };
+    let mut peer = HttpPeer::new(backend.address, tls, sni);
+    let options = &mut peer.options;
+    options.connection_timeout = Some(backend.connect_timeout);
+    // TCP connect plus TLS handshake.
+    options.total_connection_timeout = Some(backend.connect_timeout * 2);
+    options.read_timeout = Some(backend.read_timeout);
+    options.write_timeout = Some(backend.write_timeout);
+    options.idle_timeout = Some(backend.idle_timeout);
+    // Hop-by-hop headers and `Connection` nominations are removed before the gateway
+    // sets its own (pingora's standard policy), so they cannot remove ours.
+    options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
+    if let Some(tls) = &backend.tls {
+        options.verify_cert = tls.verify_certificate;
+        options.verify_hostname = tls.verify_certificate;
+        if let Some(ca) = &tls.ca {
+            options.ca = Some(backend_ca(ca)?);
+        }
+    }
+    Ok(peer)
+}

@@ -1,0 +1,238 @@
+//! Builds the pingora server: TLS listeners running the proxy, plain listeners running
+//! the redirect, and (for `portcullis demo`) the demo backend.
+//!
+//! Everything that can fail is checked before pingora starts, because pingora panics
+//! on a certificate it cannot load or an address it cannot bind.
+
+mod demo_backend;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
+use tokio::sync::watch;
+
+pub use demo_backend::DemoBackend;
+
+use crate::config::Config;
+use crate::proxy::{Gateway, Snapshot};
+use crate::redirect::Redirect;
+use crate::tls::{CertificatePair, CertificateStore, TlsError, listener_settings};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("TLS certificate: {0}")]
+    Certificate(#[from] TlsError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Extra services beside the gateway itself.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Serve the demo backend on this address.
+    pub demo_backend: Option<SocketAddr>,
+}
+
+/// A server ready to run, with the handles that reach into it while it runs.
+pub struct Prepared {
+    pub server: Server,
+    /// The configuration snapshot requests are decided with.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The certificate the TLS listeners present.
+    pub certificates: Arc<CertificateStore>,
+}
+
+/// Builds the server for `config`. Binds nothing yet; fails on anything that would
+/// make pingora panic later.
+pub fn build(config: &Config, extras: &Extras) -> Result<Prepared, StartError> {
+    // Process-wide and idempotent; pingora's rustls build expects it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let mut addresses: Vec<SocketAddr> = config.listen.https.clone();
+    addresses.extend(&config.listen.http);
+    addresses.extend(extras.demo_backend);
+    for address in addresses {
+        check_bindable(address)?;
+    }
+
+    let pair = CertificatePair::read(&config.tls.certificate, &config.tls.private_key)?;
+    let certificates = Arc::new(CertificateStore::new(&pair));
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
+
+    let server_conf = ServerConf {
+        threads: config.server.threads,
+        // pingora waits the whole grace period after SIGTERM (default 300 s).
+        grace_period_seconds: Some(whole_seconds(config.server.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(whole_seconds(config.server.shutdown_timeout)),
+        upstream_keepalive_pool_size: config.server.keepalive_pool_size,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let mut proxy =
+        http_proxy_service_with_name(&conf, Gateway::new(snapshot.clone()), "portcullis https");
+    for address in &config.listen.https {
+        proxy.add_tls_with_settings(
+            &address.to_string(),
+            None,
+            listener_settings(certificates.clone())?,
+        );
+    }
+    server.add_service(proxy);
+
+    if !config.listen.http.is_empty() {
+        let mut redirect = Service::new(
+            "portcullis http redirect".to_owned(),
+            HttpServer::new_app(Redirect::new(config.listen.redirect_port)),
+        );
+        for address in &config.listen.http {
+            redirect.add_tcp(&address.to_string());
+        }
+        server.add_service(redirect);
+    }
+
+    if let Some(address) = extras.demo_backend {
+        let mut demo = Service::new(
+            "portcullis demo backend".to_owned(),
+            HttpServer::new_app(DemoBackend),
+        );
+        demo.add_tcp(&address.to_string());
+        server.add_service(demo);
+    }
+
+    tracing::info!(
+        https = ?config.listen.https,
+        http = ?config.listen.http,
+        routes = config.routes.len(),
+        backends = config.backends.len(),
+        certificate_expires = %pair.not_after,
+        "gateway configured"
+    );
+    Ok(Prepared {
+        server,
+        snapshot,
+        certificates,
+    })
+}
+
+/// pingora binds later and panics if it cannot; find out now, with a clear error.
+fn check_bindable(address: SocketAddr) -> Result<(), StartError> {
+    TcpListener::bind(address)
+        .map(drop)
+        .map_err(|source| StartError::Listen { address, source })
+}
+
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+/// Runs until a signal: SIGTERM or SIGQUIT drain gracefully, SIGINT stops at once.
+pub fn run(server: Server) {
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+}
+
+/// Unix signals as pingora shutdown requests. pingora's default maps SIGQUIT to a
+/// zero-downtime upgrade, which this gateway does not use; here it drains instead.
+struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        async fn next(kind: SignalKind) {
+            match signal(kind) {
+                Ok(mut stream) => {
+                    stream.recv().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot watch a signal");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        tokio::select! {
+            () = next(SignalKind::terminate()) => ShutdownSignal::GracefulTerminate,
+            () = next(SignalKind::quit()) => ShutdownSignal::GracefulTerminate,
+            () = next(SignalKind::interrupt()) => {
+                tracing::info!("interrupted; stopping now");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}
+
+/// Stops a server started with [`ShutdownSwitch::run_args`]: for embedding and tests,
+/// where no signal is sent.
+#[derive(Clone)]
+pub struct ShutdownSwitch {
+    sender: Arc<watch::Sender<Option<Stop>>>,
+}
+
+/// How a [`ShutdownSwitch`] stops the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stop accepting, let requests finish for the grace period.
+    Graceful,
+    /// Stop now.
+    Fast,
+}
+
+impl Default for ShutdownSwitch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ShutdownSwitch {
+    pub fn new() -> Self {
+        Self {
+            sender: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// Arguments for `Server::run` that wait for this switch.
+    pub fn run_args(&self) -> RunArgs {
+        RunArgs {
+            shutdown_signal: Box::new(SwitchWatch {
+                receiver: self.sender.subscribe(),
+            }),
+        }
+    }
+
+    pub fn stop(&self, how: Stop) {
+        self.sender.send_replace(Some(how));
+    }
+}
+
+struct SwitchWatch {
+    receiver: watch::Receiver<Option<Stop>>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for SwitchWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut receiver = self.receiver.clone();
+        let stop = receiver.wait_for(Option::is_some).await.map(|stop| *stop);
+        match stop {
+            Ok(Some(Stop::Graceful)) => ShutdownSignal::GracefulTerminate,
+            // A dropped switch can never be pressed: stop rather than run forever.
+            Ok(Some(Stop::Fast) | None) | Err(_) => ShutdownSignal::FastShutdown,
+        }
+    }
+}
