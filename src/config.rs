@@ -147,6 +147,19 @@ pub struct Loaded {
     pub report: Report,
 }
 
+/// Every section and the keys it accepts, as the parser defines them.
+pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("listen", raw::keys_of::<raw::Listen>()),
+        ("tls", raw::keys_of::<raw::Tls>()),
+        ("hsts", raw::keys_of::<raw::Hsts>()),
+        ("server", raw::keys_of::<raw::Server>()),
+        ("log", raw::keys_of::<raw::Log>()),
+        ("backends.NAME", raw::keys_of::<raw::Backend>()),
+        ("route", raw::keys_of::<raw::Route>()),
+    ]
+}
+
 /// Loads and checks a configuration file with overrides from the process environment.
 pub fn load(path: &Path) -> Loaded {
     load_with_env(path, std::env::vars())
@@ -209,11 +222,14 @@ pub fn parse(path: &Path, text: String, env: impl IntoIterator<Item = (String, S
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut check = Check {
         problems,
+        broken_backends: Default::default(),
         base,
         sources: &sources,
     };
     let config = check.config(path, root);
-    let problems = check.problems;
+    let mut problems = check.problems;
+    // In file order, environment last; whole-file problems first.
+    problems.sort_by_key(|problem| problem.span.as_ref().map(|span| span.start));
     let report = Report { sources, problems };
     Loaded {
         config: if report.has_errors() { None } else { config },
@@ -292,6 +308,8 @@ fn apply_override<'a>(
 /// The typed conversion; collects problems instead of stopping.
 struct Check<'s> {
     problems: Vec<Problem>,
+    /// Backends whose section was already reported as broken.
+    broken_backends: std::collections::HashSet<String>,
     /// Directory relative paths resolve against: the configuration file's.
     base: PathBuf,
     sources: &'s Sources,
@@ -308,25 +326,26 @@ impl Check<'_> {
         self.problems.push(problem);
     }
 
-    /// Deserializes one section, reporting a type error at its place.
+    /// Deserializes one section, reporting a type error at its place. `None` when it
+    /// failed: its later checks are skipped so one mistake is reported once.
     fn section<T: for<'de> Deserialize<'de> + Default>(
         &mut self,
         name: &str,
         value: Option<Spanned<DeValue<'_>>>,
-    ) -> T {
+    ) -> Option<T> {
         let Some(value) = value else {
-            return T::default();
+            return Some(T::default());
         };
         let span = value.span();
         match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(section) => section,
+            Ok(section) => Some(section),
             Err(error) => {
                 self.error(
                     Problem::error(format!("in [{name}]: {}", error.message().trim()))
                         .at(error.span().unwrap_or(span))
                         .help("deploy/portcullis.example.toml lists every key with its type"),
                 );
-                T::default()
+                None
             }
         }
     }
@@ -346,17 +365,21 @@ impl Check<'_> {
             self.error(problem);
         }
 
-        let listen: raw::Listen = self.section("listen", root.remove("listen"));
-        let tls: raw::Tls = self.section("tls", root.remove("tls"));
-        let hsts: raw::Hsts = self.section("hsts", root.remove("hsts"));
-        let server: raw::Server = self.section("server", root.remove("server"));
-        let log: raw::Log = self.section("log", root.remove("log"));
+        let listen: Option<raw::Listen> = self.section("listen", root.remove("listen"));
+        let tls: Option<raw::Tls> = self.section("tls", root.remove("tls"));
+        let hsts: raw::Hsts = self
+            .section("hsts", root.remove("hsts"))
+            .unwrap_or_default();
+        let server: raw::Server = self
+            .section("server", root.remove("server"))
+            .unwrap_or_default();
+        let log: raw::Log = self.section("log", root.remove("log")).unwrap_or_default();
         let backends_value = root.remove("backends");
         let routes_value = root.remove("route");
 
         let mut spans = SpanIndex::default();
-        let listen = self.listen(listen);
-        let tls = self.tls(tls, &mut spans);
+        let listen = listen.and_then(|listen| self.listen(listen));
+        let tls = tls.and_then(|tls| self.tls(tls, &mut spans));
         let hsts = self.hsts(hsts);
         let server = self.server(server);
         let log = self.log(log);
@@ -397,8 +420,8 @@ impl Check<'_> {
                 self.error(
                     Problem::error(format!(
                         "`{key}` must be at least {} and below {}",
-                        humantime::format_duration(range.start),
-                        humantime::format_duration(range.end)
+                        readable(range.start),
+                        readable(range.end)
                     ))
                     .at(span),
                 );
@@ -691,7 +714,11 @@ impl Check<'_> {
                         .at(name_span.clone()),
                 );
             }
-            let raw: raw::Backend = self.section(&format!("backends.{name}"), Some(value));
+            let Some(raw) = self.section::<raw::Backend>(&format!("backends.{name}"), Some(value))
+            else {
+                self.broken_backends.insert(name.to_string());
+                continue;
+            };
             if let Some(backend) = self.backend(name.clone(), raw, name_span, spans) {
                 backends.insert(name, backend);
             }
@@ -879,7 +906,9 @@ impl Check<'_> {
         let backend = backends
             .get_key_value(backend_name)
             .map(|(name, _)| name.clone());
-        if backend.is_none() {
+        if backend.is_none() && self.broken_backends.contains(backend_name) {
+            valid = false;
+        } else if backend.is_none() {
             valid = false;
             let help = match diagnostic::nearest(backend_name, backends.keys().map(AsRef::as_ref)) {
                 Some(near) => format!("did you mean `{near}`?"),
@@ -957,6 +986,18 @@ impl Check<'_> {
     /// "at file:line:col", for hints that name a second place.
     fn line_hint(&self, span: &Range<usize>) -> String {
         format!("at {}", self.sources.position(span))
+    }
+}
+
+/// `3650d`, `1h`, `500ms`: a limit as an operator would write it.
+fn readable(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0 if duration.subsec_millis() > 0 => format!("{}ms", duration.as_millis()),
+        0 => "0s".to_owned(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s => format!("{s}s"),
     }
 }
 

@@ -144,3 +144,37 @@ impl<'de> Deserialize<'de> for DurationText {
         deserializer.deserialize_any(DurationVisitor)
     }
 }
+
+/// The keys a raw section accepts, read from its `Deserialize` impl, so the example
+/// configuration can be checked for completeness.
+pub fn keys_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    let keys = std::cell::Cell::new(&[][..]);
+    let _ = T::deserialize(KeyProbe(&keys));
+    keys.get()
+}
+
+struct KeyProbe<'a>(&'a std::cell::Cell<&'static [&'static str]>);
+
+impl<'de> Deserializer<'de> for KeyProbe<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("probe"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.set(fields);
+        Err(de::Error::custom("probe"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+        identifier ignored_any
+    }
+}

@@ -1,0 +1,273 @@
+//! Bad configuration is reported completely, with file:line:col and a hint.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use portcullis::config;
+use portcullis::dev_certs::DevCertificates;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config")
+}
+
+/// `# expect: LINE:COL: SEVERITY: TEXT` lines at the top of a fixture.
+fn expectations(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# expect: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_fixture_reports_exactly_what_it_expects() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(fixtures()).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let expected = expectations(&text);
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` lines",
+            path.display()
+        );
+        let loaded = config::parse(&path, text, Vec::new());
+        let lines = loaded.report.one_line_each();
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+        for expectation in &expected {
+            let wanted = format!("{name}:{expectation}");
+            assert!(
+                lines.iter().any(|line| line.contains(&wanted)),
+                "{name}: missing `{expectation}`; got:\n{}",
+                lines.join("\n")
+            );
+        }
+        let expected_errors = expected.iter().filter(|e| e.contains(": error: ")).count();
+        assert_eq!(
+            loaded.report.errors(),
+            expected_errors,
+            "{name}: unexpected errors:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            loaded.config.is_none(),
+            "{name}: a config with errors must not load"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} fixtures");
+}
+
+fn portcullis(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run portcullis");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_exits_78_and_shows_every_problem_with_its_location() {
+    let fixture = fixtures().join("names-and-modes.toml");
+    let (code, _, stderr) =
+        portcullis(&["check", "--config", fixture.to_str().expect("utf8")], &[]);
+    assert_eq!(code, 78, "{stderr}");
+    for wanted in [
+        "names-and-modes.toml:22:11: error: unknown backend `flexmesures`",
+        "names-and-modes.toml:23:8: error: unknown auth mode `tokn`",
+        "did you mean `flexmeasures`?",
+        "5 error(s)",
+    ] {
+        assert!(stderr.contains(wanted), "missing `{wanted}` in:\n{stderr}");
+    }
+}
+
+/// A directory with a valid configuration and fresh certificates.
+fn valid_setup(extra: &str) -> (tempfile::TempDir, PathBuf, DevCertificates) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certificates = DevCertificates::generate().expect("certs");
+    certificates.write(dir.path()).expect("write certs");
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nhttps = [\"127.0.0.1:8443\"]\n\n[tls]\ncertificate = \"localhost.pem\"\nprivate_key = \"localhost-key.pem\"\n\n\
+             [backends.b]\naddress = \"127.0.0.1:5000\"\n\n[[route]]\nid = \"all\"\npath_prefix = \"/\"\nbackend = \"b\"\nauth = \"public\"\n{extra}"
+        ),
+    )
+    .expect("write config");
+    (dir, path, certificates)
+}
+
+#[test]
+fn check_accepts_a_valid_configuration() {
+    let (_dir, path, _) = valid_setup("");
+    let (code, stdout, stderr) =
+        portcullis(&["check", "--config", path.to_str().expect("utf8")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("ok (1 route(s), 1 backend(s), 0 warning(s))"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn certificate_problems_point_at_their_keys() {
+    let (dir, path, _) = valid_setup("");
+    // A key from another certificate: reported at `certificate` (line 5).
+    let other = DevCertificates::generate().expect("certs");
+    std::fs::write(dir.path().join("localhost-key.pem"), &other.key_pem).expect("write");
+    let (code, _, stderr) = portcullis(&["check", "--config", path.to_str().expect("utf8")], &[]);
+    assert_eq!(code, 78);
+    assert!(
+        stderr.contains(
+            "portcullis.toml:5:15: error: the private key does not belong to the certificate"
+        ),
+        "{stderr}"
+    );
+    // Not PEM at all: no panic, a clear error.
+    std::fs::write(dir.path().join("localhost.pem"), "not a certificate").expect("write");
+    let (code, _, stderr) = portcullis(&["check", "--config", path.to_str().expect("utf8")], &[]);
+    assert_eq!(code, 78);
+    assert!(
+        stderr.contains("portcullis.toml:5:15: error:")
+            && stderr.contains("holds no PEM certificate"),
+        "{stderr}"
+    );
+    // And `run` refuses to start with it, the same way.
+    let (code, _, stderr) = portcullis(&["run", "--config", path.to_str().expect("utf8")], &[]);
+    assert_eq!(code, 78, "{stderr}");
+}
+
+#[test]
+fn soon_expiring_certificates_are_a_warning() {
+    let (dir, path, _) = valid_setup("");
+    let start = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let short = DevCertificates::generate_valid(
+        &["localhost"],
+        start,
+        std::time::Duration::from_secs(2 * 24 * 3600),
+    )
+    .expect("certs");
+    short.write(dir.path()).expect("write");
+    let (code, stdout, stderr) =
+        portcullis(&["check", "--config", path.to_str().expect("utf8")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: the certificate expires in"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("1 warning(s)"), "{stdout}");
+}
+
+#[test]
+fn environment_overrides_apply_and_their_errors_name_the_variable() {
+    let (_dir, path, _) = valid_setup("");
+    let env = vec![
+        ("PORTCULLIS__SERVER__THREADS".to_owned(), "3".to_owned()),
+        (
+            "PORTCULLIS__LISTEN__HTTPS".to_owned(),
+            "127.0.0.1:9443".to_owned(),
+        ),
+        (
+            "PORTCULLIS__BACKENDS__B__ADDRESS".to_owned(),
+            "127.0.0.1:6000".to_owned(),
+        ),
+        ("UNRELATED".to_owned(), "x".to_owned()),
+    ];
+    let loaded = config::load_with_env(&path, env);
+    let config = loaded
+        .config
+        .unwrap_or_else(|| panic!("{}", loaded.report.render(false)));
+    assert_eq!(config.server.threads, 3);
+    assert_eq!(
+        config.listen.https,
+        vec!["127.0.0.1:9443".parse().expect("addr")]
+    );
+    assert_eq!(
+        config.backends["b"].address,
+        "127.0.0.1:6000".parse().expect("addr")
+    );
+
+    let env = vec![
+        ("PORTCULLIS__SERVER__THREADS".to_owned(), "many".to_owned()),
+        ("PORTCULLIS__LOG__FORMAT".to_owned(), "xml".to_owned()),
+    ];
+    let loaded = config::load_with_env(&path, env);
+    let lines = loaded.report.one_line_each().join("\n");
+    assert!(
+        lines.contains("environment:2:25: error: unknown log format `xml`"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("environment:1:29: error: in [server]: invalid type: string \"many\""),
+        "{lines}"
+    );
+    assert_eq!(loaded.report.errors(), 2, "{lines}");
+    assert!(
+        loaded
+            .report
+            .render(false)
+            .contains("PORTCULLIS__SERVER__THREADS=many")
+    );
+}
+
+#[test]
+fn example_configuration_is_valid_and_documents_every_key() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/portcullis.example.toml");
+    let text = std::fs::read_to_string(&example).expect("read example");
+    for (section, keys) in config::schema() {
+        let header = if section == "route" {
+            "[[route]]".to_owned()
+        } else {
+            format!("[{section}]")
+        };
+        let header = header.replace("NAME", "");
+        let start = text
+            .find(&format!("\n{}", header.trim_end_matches(']')))
+            .unwrap_or_else(|| panic!("example has no {header} section"));
+        let rest = &text[start..];
+        // Only this section: up to the next table header.
+        let end = rest
+            .get(1..)
+            .and_then(|r| r.find("\n["))
+            .map_or(rest.len(), |i| i + 1);
+        let rest = &rest[..end];
+        for key in keys {
+            assert!(
+                rest.contains(&format!("\n{key} = ")) || rest.contains(&format!("\n# {key} = ")),
+                "example does not document `{key}` in {header}"
+            );
+        }
+    }
+    // With real certificates in place, the example passes the full check.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = DevCertificates::generate()
+        .expect("certs")
+        .write(dir.path())
+        .expect("write");
+    let env = vec![
+        (
+            "PORTCULLIS__TLS__CERTIFICATE".to_owned(),
+            paths.certificate.display().to_string(),
+        ),
+        (
+            "PORTCULLIS__TLS__PRIVATE_KEY".to_owned(),
+            paths.private_key.display().to_string(),
+        ),
+    ];
+    let loaded = config::load_with_env(&example, env);
+    let config = loaded
+        .config
+        .unwrap_or_else(|| panic!("{}", loaded.report.render(false)));
+    let problems = portcullis::tls::check(&config);
+    assert!(problems.is_empty(), "{problems:?}");
+}

@@ -1,0 +1,82 @@
+//! Backend failures become fixed 502/504 responses.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::support::{EchoBackend, TestGateway, free_port, public_catch_all};
+
+const BAD_GATEWAY: &str = r#"{"status":502,"message":"Bad gateway: the service is unavailable."}"#;
+const TIMEOUT: &str =
+    r#"{"status":504,"message":"Gateway timeout: the service did not answer in time."}"#;
+
+#[tokio::test]
+async fn backend_down_gets_502_with_a_fixed_body() {
+    let gateway = TestGateway::start(&public_catch_all(free_port()));
+    let client = gateway.tls();
+    let reply = client.get("/x", "").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.text(), BAD_GATEWAY);
+    assert!(reply.header("strict-transport-security").is_some());
+    let reply = client.h2("GET", "/x", &[]).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.text(), BAD_GATEWAY);
+}
+
+/// A listener whose accept queue is full: new connections are never completed, so
+/// connecting to it times out instead of being refused.
+struct BlackHole {
+    address: SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl BlackHole {
+    fn new() -> Self {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .expect("bind");
+        socket.listen(0).expect("listen");
+        let address = socket
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet");
+        // Fill the backlog; these are never accepted.
+        let mut fillers = Vec::new();
+        for _ in 0..8 {
+            if let Ok(stream) =
+                std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
+            {
+                fillers.push(stream);
+            }
+        }
+        Self {
+            address,
+            _listener: socket,
+            _fillers: fillers,
+        }
+    }
+}
+
+#[tokio::test]
+async fn backend_connect_timeout_gets_504() {
+    let hole = BlackHole::new();
+    let gateway = TestGateway::start(&public_catch_all(hole.address));
+    let reply = gateway.tls().get("/slow", "").await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.text(), TIMEOUT);
+    assert!(reply.header("strict-transport-security").is_some());
+}
+
+#[tokio::test]
+async fn backend_that_does_not_answer_in_time_gets_504() {
+    // The backend answers after 5 s; the route allows 2 s.
+    let backend = EchoBackend::start_with_delay(Duration::from_secs(5));
+    let gateway = TestGateway::start(&public_catch_all(backend.address));
+    let reply = gateway.tls().get("/slow", "").await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.text(), TIMEOUT);
+    assert_eq!(backend.received().len(), 1);
+}

@@ -1,0 +1,450 @@
+//! The harness: the real gateway in-process, an echo backend, and TLS clients.
+//!
+//! Every test gets fresh certificates, ephemeral loopback ports and its own gateway
+//! (`Server::run` on a thread), stopped when the handle drops.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::dev_certs::DevCertificates;
+use portcullis::server::{Extras, ShutdownSwitch, Stop};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Generous bound for anything that should happen promptly on loopback.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> SocketAddr {
+    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A request as the backend received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query exactly as they arrived.
+    pub target: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+/// An HTTP/1.1 backend that records every request and answers `200 {"echo":true}`,
+/// after `delay` if set. Runs on its own thread and runtime; stops when dropped.
+pub struct EchoBackend {
+    pub address: SocketAddr,
+    received: Arc<Mutex<VecDeque<Received>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl EchoBackend {
+    pub fn start() -> Self {
+        Self::start_with_delay(Duration::ZERO)
+    }
+
+    pub fn start_with_delay(delay: Duration) -> Self {
+        let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind backend");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = listener.local_addr().expect("addr");
+        let received = Arc::new(Mutex::new(VecDeque::new()));
+        let log = received.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        tokio::spawn(serve_connection(stream, log.clone(), delay));
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Self {
+            address,
+            received,
+            stop: Some(stop),
+        }
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("log").iter().cloned().collect()
+    }
+
+    /// The only request received; fails the test otherwise.
+    pub fn only(&self) -> Received {
+        let all = self.received();
+        assert_eq!(all.len(), 1, "backend saw {} requests: {all:#?}", all.len());
+        all.into_iter().next().expect("one")
+    }
+}
+
+async fn serve_connection(stream: TcpStream, log: Arc<Mutex<VecDeque<Received>>>, delay: Duration) {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let log = log.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let target = parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str().to_owned())
+                .unwrap_or_default();
+            log.lock().expect("log").push_back(Received {
+                method: parts.method.to_string(),
+                target,
+                headers: parts.headers,
+                body,
+            });
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, std::convert::Infallible>(
+                hyper::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(br#"{"echo":true}"#)))
+                    .expect("response"),
+            )
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// A running gateway; stops when dropped.
+pub struct TestGateway {
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub ca_pem: String,
+    switch: ShutdownSwitch,
+    thread: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The configuration around `body` (backends and routes): listeners and certificates.
+pub fn config_text(
+    https: SocketAddr,
+    http: SocketAddr,
+    dir: &std::path::Path,
+    body: &str,
+) -> String {
+    format!(
+        r#"[listen]
+https = ["{https}"]
+http = ["{http}"]
+
+[tls]
+certificate = "{cert}"
+private_key = "{key}"
+
+[server]
+threads = 1
+grace_period = "1s"
+shutdown_timeout = "1s"
+
+{body}
+"#,
+        cert = dir.join("cert.pem").display(),
+        key = dir.join("key.pem").display(),
+    )
+}
+
+impl TestGateway {
+    /// Starts a gateway with the given backends and routes (TOML).
+    pub fn start(body: &str) -> Self {
+        Self::start_with(|https, http, dir| config_text(https, http, dir, body))
+    }
+
+    /// Starts a gateway whose whole configuration `make` writes.
+    pub fn start_with(
+        make: impl FnOnce(SocketAddr, SocketAddr, &std::path::Path) -> String,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certificates = DevCertificates::generate().expect("certificates");
+        std::fs::write(dir.path().join("cert.pem"), &certificates.chain_pem).expect("write");
+        std::fs::write(dir.path().join("key.pem"), &certificates.key_pem).expect("write");
+        let https = free_port();
+        let http = free_port();
+        let text = make(https, http, dir.path());
+        let config_path = dir.path().join("portcullis.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        let loaded = portcullis::config::parse(&config_path, text, Vec::new());
+        let Some(config) = loaded.config else {
+            panic!(
+                "test configuration is invalid:\n{}",
+                loaded.report.render(false)
+            );
+        };
+        let prepared =
+            portcullis::server::build(&config, &Extras::default()).expect("build gateway");
+        let switch = ShutdownSwitch::new();
+        let server = prepared.server;
+        let thread_switch = switch.clone();
+        let thread = std::thread::spawn(move || server.run(thread_switch.run_args()));
+        wait_until_listening(https);
+        wait_until_listening(http);
+        Self {
+            https,
+            http,
+            ca_pem: certificates.ca_pem,
+            switch,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// Graceful stop: returns once the server thread has exited.
+    pub fn stop_gracefully(mut self) -> Duration {
+        let started = Instant::now();
+        self.switch.stop(Stop::Graceful);
+        if let Some(thread) = self.thread.take() {
+            join_within(thread, DEADLINE);
+        }
+        started.elapsed()
+    }
+
+    pub fn tls(&self) -> TlsClient {
+        TlsClient::new(self.https, &self.ca_pem)
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.switch.stop(Stop::Fast);
+        if let Some(thread) = self.thread.take() {
+            join_within(thread, DEADLINE);
+        }
+    }
+}
+
+fn join_within(thread: JoinHandle<()>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !thread.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not stop within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = thread.join();
+}
+
+fn wait_until_listening(address: SocketAddr) {
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {address}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A response as a client saw it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// `h2` or `http/1.1`, as negotiated.
+    pub protocol: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A TLS client trusting the test CA.
+pub struct TlsClient {
+    address: SocketAddr,
+    roots: Arc<rustls::RootCertStore>,
+}
+
+impl TlsClient {
+    fn new(address: SocketAddr, ca_pem: &str) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(certificate.expect("ca pem")).expect("add ca");
+        }
+        Self {
+            address,
+            roots: Arc::new(roots),
+        }
+    }
+
+    async fn connect(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = TcpStream::connect(self.address).await.expect("connect");
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("tls handshake")
+    }
+
+    /// Sends raw bytes (one HTTP/1.1 request, which should say `Connection: close`) and
+    /// reads until the gateway closes.
+    pub async fn raw(&self, request: &[u8]) -> Reply {
+        let mut stream = self.connect(&[b"http/1.1"]).await;
+        stream.write_all(request).await.expect("write");
+        let mut bytes = Vec::new();
+        let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut bytes)).await;
+        assert!(read.is_ok(), "gateway did not close the connection");
+        parse_http1(&bytes, "http/1.1")
+    }
+
+    /// `GET target` with `Host: localhost` and extra header lines, over HTTP/1.1.
+    pub async fn get(&self, target: &str, extra_headers: &str) -> Reply {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra_headers}Connection: close\r\n\r\n"
+        );
+        self.raw(request.as_bytes()).await
+    }
+
+    /// A request over HTTP/2 (ALPN h2) with hyper.
+    pub async fn h2(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+        let stream = self.connect(&[b"h2"]).await;
+        let negotiated = stream
+            .get_ref()
+            .1
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        assert_eq!(negotiated.as_deref(), Some("h2"), "gateway must offer h2");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost:{}{target}", self.address.port()));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::new())).expect("request"))
+            .await
+            .expect("h2 response");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+            protocol: "h2".into(),
+        }
+    }
+}
+
+/// Parses a complete HTTP/1.1 response (content-length or close-delimited body).
+pub fn parse_http1(bytes: &[u8], protocol: &str) -> Reply {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(bytes)));
+    let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            headers.append(
+                http::HeaderName::from_bytes(name.trim().as_bytes()).expect("name"),
+                http::HeaderValue::from_str(value.trim()).expect("value"),
+            );
+        }
+    }
+    let rest = &bytes[end + 4..];
+    let body = match headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    {
+        Some(length) => Bytes::copy_from_slice(&rest[..length.min(rest.len())]),
+        None => Bytes::copy_from_slice(rest),
+    };
+    Reply {
+        status,
+        headers,
+        body,
+        protocol: protocol.into(),
+    }
+}
+
+/// A backend section plus one public catch-all route to it.
+pub fn public_catch_all(backend: SocketAddr) -> String {
+    format!(
+        r#"[backends.echo]
+address = "{backend}"
+connect_timeout = "500ms"
+read_timeout = "2s"
+
+[[route]]
+id = "all"
+path_prefix = "/"
+backend = "echo"
+auth = "public"
+"#
+    )
+}
