@@ -1,5 +1,13 @@
 //! Integration tests: the real gateway over TLS, in-process, against an echo backend.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a failed expectation is a failed test"
+)]
+
 mod support;
 
 mod canonical_paths;
