@@ -2,7 +2,7 @@
 //! 1 runtime failure, 2 usage error, 78 configuration error (EX_CONFIG).
 
 use std::io::IsTerminal as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -37,30 +37,12 @@ pub enum Command {
     ///
     /// SIGTERM stops accepting connections and lets requests finish for
     /// `[server] grace_period`; SIGINT stops at once.
-    Run {
-        /// Configuration file.
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "portcullis.toml"
-        )]
-        config: PathBuf,
-    },
+    Run(ConfigFile),
     /// Check configuration and certificates without starting anything.
     ///
     /// Reports every problem at once with file:line:col and a hint. Exits 0 when the
     /// configuration can be run (warnings allowed), 78 otherwise.
-    Check {
-        /// Configuration file.
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "portcullis.toml"
-        )]
-        config: PathBuf,
-    },
+    Check(ConfigFile),
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -82,6 +64,19 @@ pub enum Command {
     },
 }
 
+/// Where the configuration is.
+#[derive(Debug, clap::Args)]
+pub struct ConfigFile {
+    /// Configuration file.
+    #[arg(
+        short,
+        long,
+        env = "PORTCULLIS_CONFIG",
+        default_value = "portcullis.toml"
+    )]
+    pub config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Write a development CA and a localhost certificate (never for production).
@@ -98,8 +93,8 @@ pub enum CertsCommand {
 /// Runs the parsed command line.
 pub fn execute(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Run { config } => run(&config),
-        Command::Check { config } => check(&config),
+        Command::Run(ConfigFile { config }) => run(&config),
+        Command::Check(ConfigFile { config }) => check(&config),
         Command::Certs(CertsCommand::Dev { dir }) => certs_dev(&dir),
         Command::Demo {
             certs,
@@ -201,8 +196,22 @@ fn write_dev_certificates(dir: &Path) -> Result<crate::dev_certs::DevCertificate
 }
 
 fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> ExitCode {
-    let https = SocketAddr::from((Ipv4Addr::LOCALHOST, https_port));
-    let http = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
+    // `localhost` is often ::1 first; listen there too when the machine has IPv6.
+    let loopbacks: Vec<IpAddr> = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ]
+    .into_iter()
+    .filter(|ip| TcpListener::bind((*ip, 0)).is_ok())
+    .collect();
+    let https: Vec<SocketAddr> = loopbacks
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, https_port))
+        .collect();
+    let http: Vec<SocketAddr> = loopbacks
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, http_port))
+        .collect();
     // The demo backend takes any free loopback port.
     let backend = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
         Ok(address) => address,
@@ -220,8 +229,8 @@ fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> Ex
     };
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let text = crate::demo::config_text(
-        https,
-        http,
+        &https,
+        &http,
         backend,
         &absolute(&paths.certificate),
         &absolute(&paths.private_key),
@@ -235,7 +244,7 @@ fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> Ex
         eprint!("{}", loaded.report.render(color()));
         return ExitCode::from(EXIT_CONFIG);
     };
-    println!("{}", crate::demo::banner(https, http, &paths.ca));
+    println!("{}", crate::demo::banner(https_port, http_port, &paths.ca));
     serve(
         &config,
         &Extras {
