@@ -80,3 +80,47 @@ async fn backend_that_does_not_answer_in_time_gets_504() {
     assert_eq!(reply.text(), TIMEOUT);
     assert_eq!(backend.received().len(), 1);
 }
+
+#[tokio::test]
+async fn tls_backends_are_verified_against_their_ca() {
+    let certificates = portcullis::dev_certs::DevCertificates::generate().expect("certs");
+    let backend = EchoBackend::start_tls(&certificates);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("backend-ca.pem");
+    std::fs::write(&ca, &certificates.ca_pem).expect("write ca");
+    let route =
+        "[[route]]\nid = \"all\"\npath_prefix = \"/\"\nbackend = \"secure\"\nauth = \"public\"\n";
+
+    // Trusting the backend's CA: the request goes through over TLS.
+    let trusted = TestGateway::start(&format!(
+        "[backends.secure]\naddress = \"{}\"\ntls = true\nsni = \"localhost\"\nca = \"{}\"\n\n{route}",
+        backend.address,
+        ca.display()
+    ));
+    let reply = trusted.tls().get("/over-tls", "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(backend.only().target, "/over-tls");
+
+    // Without that CA the backend's certificate is not trusted: 502, nothing forwarded.
+    let untrusted = TestGateway::start(&format!(
+        "[backends.secure]\naddress = \"{}\"\ntls = true\nsni = \"localhost\"\n\n{route}",
+        backend.address
+    ));
+    let reply = untrusted.tls().get("/refused", "").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.text(), BAD_GATEWAY);
+
+    // Trusting the CA but asking for another name fails hostname verification.
+    let wrong_name = TestGateway::start(&format!(
+        "[backends.secure]\naddress = \"{}\"\ntls = true\nsni = \"billing.internal\"\nca = \"{}\"\n\n{route}",
+        backend.address,
+        ca.display()
+    ));
+    let reply = wrong_name.tls().get("/wrong-name", "").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(
+        backend.received().len(),
+        1,
+        "only the trusted request arrived"
+    );
+}

@@ -12,6 +12,7 @@ mod support;
 
 mod canonical_paths;
 mod config_errors;
+mod demo;
 mod failures;
 mod headers;
 mod redirect;

@@ -69,6 +69,30 @@ impl EchoBackend {
     }
 
     pub fn start_with_delay(delay: Duration) -> Self {
+        Self::spawn(delay, None)
+    }
+
+    /// An echo backend behind TLS with the given server certificate.
+    pub fn start_tls(certificates: &DevCertificates) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let chain =
+            rustls::pki_types::CertificateDer::pem_slice_iter(certificates.chain_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("chain");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(certificates.key_pem.as_bytes())
+            .expect("key");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        Self::spawn(
+            Duration::ZERO,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
+    fn spawn(delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind backend");
         listener.set_nonblocking(true).expect("nonblocking");
         let address = listener.local_addr().expect("addr");
@@ -87,7 +111,19 @@ impl EchoBackend {
                         let Ok((stream, _)) = listener.accept().await else {
                             continue;
                         };
-                        tokio::spawn(serve_connection(stream, log.clone(), delay));
+                        let log = log.clone();
+                        match tls.clone() {
+                            None => {
+                                tokio::spawn(serve_connection(stream, log, delay));
+                            }
+                            Some(acceptor) => {
+                                tokio::spawn(async move {
+                                    if let Ok(stream) = acceptor.accept(stream).await {
+                                        serve_connection(stream, log, delay).await;
+                                    }
+                                });
+                            }
+                        }
                     }
                 };
                 tokio::select! {
@@ -116,7 +152,10 @@ impl EchoBackend {
     }
 }
 
-async fn serve_connection(stream: TcpStream, log: Arc<Mutex<VecDeque<Received>>>, delay: Duration) {
+async fn serve_connection<S>(stream: S, log: Arc<Mutex<VecDeque<Received>>>, delay: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let log = log.clone();
         async move {
@@ -271,7 +310,7 @@ fn join_within(thread: JoinHandle<()>, limit: Duration) {
     let _ = thread.join();
 }
 
-fn wait_until_listening(address: SocketAddr) {
+pub fn wait_until_listening(address: SocketAddr) {
     let deadline = Instant::now() + DEADLINE;
     while std::net::TcpStream::connect(address).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {address}");
@@ -308,7 +347,7 @@ pub struct TlsClient {
 }
 
 impl TlsClient {
-    fn new(address: SocketAddr, ca_pem: &str) -> Self {
+    pub fn new(address: SocketAddr, ca_pem: &str) -> Self {
         use rustls::pki_types::pem::PemObject as _;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut roots = rustls::RootCertStore::empty();
