@@ -158,8 +158,8 @@ fn run(path: &Path) -> ExitCode {
 fn serve(config: &Config, extras: &Extras) -> ExitCode {
     crate::telemetry::init(&config.log);
     match server::build(config, extras) {
-        Ok(prepared) => {
-            server::run(prepared.server);
+        Ok(gateway) => {
+            server::run(gateway);
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -101,7 +101,7 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        respond::secure_proxied(response, ctx)
+        respond::secure(response, ctx)
     }
 
     async fn fail_to_proxy(
@@ -133,30 +133,28 @@ fn admit(session: &mut Session, ctx: &mut RequestContext) -> Result<Permit, Reje
         .ok_or_else(|| Rejection::Internal("connection has no peer address".into()))?;
 
     // Read what trusted proxies said about the client before stripping it.
-    let forwarded = ForwardedFor::read(
+    let client = ForwardedFor::read(
         peer,
         &session.req_header().headers,
         snapshot.trusted_proxies(),
     );
-    ctx.request_id = forwarded
-        .upstream_request_id()
-        .map_or_else(crate::forwarding::new_request_id, str::to_owned);
-    ctx.client_ip = Some(forwarded.client_ip);
-    ctx.method = session.req_header().method.to_string();
+    if let Some(id) = client.upstream_request_id() {
+        ctx.request_id = id.to_owned();
+    }
+    ctx.client = Some(client);
 
     let target =
         canonicalize(session.req_header().raw_path()).map_err(Rejection::AmbiguousTarget)?;
-    ctx.path = Some(target.path().to_owned());
     let plan = Strip::plan(&session.req_header().headers);
     strip(session.req_header_mut(), &plan);
-    let host = context::request_host(session.req_header())?;
+    ctx.host = context::request_host(session.req_header())?;
 
+    let path = ctx.target.insert(target).path();
     let route = snapshot
         .routes()
-        .find(host.as_deref(), target.path())
+        .find(ctx.host.as_deref(), path)
         .ok_or(Rejection::NoRoute)?;
     ctx.route = Some(route.id.clone());
-    ctx.forwarding = Some((forwarded, host, target));
 
     let caller = identify(route, &session.req_header().headers);
     snapshot.rate_limits().check(route, &caller)?;
@@ -183,7 +181,7 @@ fn strip(request: &mut RequestHeader, plan: &Strip) {
 /// `upstream_request_filter`: the backend gets the canonical target and the gateway's
 /// forwarding headers, set after pingora removed hop-by-hop headers.
 fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result<()> {
-    let Some((forwarded, host, target)) = &ctx.forwarding else {
+    let (Some(client), Some(target)) = (&ctx.client, &ctx.target) else {
         return Err(Error::explain(
             ErrorType::InternalError,
             "forwarding facts missing",
@@ -194,7 +192,7 @@ fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result
         .parse()
         .or_err(ErrorType::InternalError, "canonical target is not a URI")?;
     upstream_request.set_uri(uri);
-    for (name, value) in forwarded.headers(host.as_deref(), &ctx.request_id) {
+    for (name, value) in client.headers(ctx.host.as_deref(), &ctx.request_id) {
         upstream_request.insert_header(name, value)?;
     }
     Ok(())

@@ -45,18 +45,9 @@ pub struct Extras {
     pub demo_backend: Option<SocketAddr>,
 }
 
-/// A server ready to run, with the handles that reach into it while it runs.
-pub struct Prepared {
-    pub server: Server,
-    /// The configuration snapshot requests are decided with.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// The certificate the TLS listeners present.
-    pub certificates: Arc<CertificateStore>,
-}
-
 /// Builds the server for `config`. Binds nothing yet; fails on anything that would
 /// make pingora panic later.
-pub fn build(config: &Config, extras: &Extras) -> Result<Prepared, StartError> {
+pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     // Process-wide and idempotent; pingora's rustls build expects it.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -122,11 +113,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Prepared, StartError> {
         certificate_expires = %pair.not_after,
         "gateway configured"
     );
-    Ok(Prepared {
-        server,
-        snapshot,
-        certificates,
-    })
+    Ok(server)
 }
 
 /// pingora binds later and panics if it cannot; find out now, with a clear error.

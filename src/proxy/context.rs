@@ -1,6 +1,5 @@
 //! What the gateway knows about one request as it moves through the phases.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,15 +17,15 @@ pub struct RequestContext {
     pub snapshot: Arc<Snapshot>,
     pub started: Instant,
     pub request_id: String,
-    pub client_ip: Option<IpAddr>,
-    pub method: String,
-    /// Canonical path, once canonicalization succeeded.
-    pub path: Option<String>,
+    /// Where the request came from, as far as the gateway can verify.
+    pub client: Option<ForwardedFor>,
+    /// The canonical target, once canonicalization succeeded.
+    pub target: Option<CanonicalTarget>,
+    /// The host as received (`Host` or `:authority`), once validated.
+    pub host: Option<String>,
     pub route: Option<Arc<str>>,
     /// Set only by `authorize`; `upstream_peer` refuses to run without it.
     pub permit: Option<Permit>,
-    /// Client facts, host as received and canonical target, for the forwarded request.
-    pub forwarding: Option<(ForwardedFor, Option<String>, CanonicalTarget)>,
     /// Why the gateway answered itself, for the log.
     pub refusal: Option<Rejection>,
 }
@@ -37,12 +36,11 @@ impl RequestContext {
             snapshot,
             started: Instant::now(),
             request_id: crate::forwarding::new_request_id(),
-            client_ip: None,
-            method: String::new(),
-            path: None,
+            client: None,
+            target: None,
+            host: None,
             route: None,
             permit: None,
-            forwarding: None,
             refusal: None,
         }
     }

@@ -47,7 +47,7 @@ pub async fn refuse(
 
 /// HSTS and the request id on every TLS response (RFC 6797 §7.1); `nosniff` unless the
 /// backend chose otherwise.
-fn secure(header: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
+pub fn secure(header: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
     header.insert_header(STRICT_TRANSPORT_SECURITY, ctx.snapshot.hsts().clone())?;
     if header.headers.get(NOSNIFF.0).is_none() {
         header.insert_header(NOSNIFF.0, NOSNIFF.1)?;
@@ -56,11 +56,6 @@ fn secure(header: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
         header.insert_header(REQUEST_ID, id)?;
     }
     Ok(())
-}
-
-/// `response_filter` for proxied responses.
-pub fn secure_proxied(response: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
-    secure(response, ctx)
 }
 
 /// Maps a proxying failure to a refusal; writes it unless a response already started.
@@ -118,14 +113,18 @@ pub fn log(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
         .response_written()
         .map_or(0, |response| response.status.as_u16());
     let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-    let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let client = ctx
+        .client
+        .as_ref()
+        .map(|client| client.client_ip.to_string())
+        .unwrap_or_default();
     let reason = ctx.refusal.as_ref().map(ToString::to_string);
     tracing::info!(
         target: "portcullis::request",
         request_id = %ctx.request_id,
         client = %client,
-        method = %ctx.method,
-        path = ctx.path.as_deref().unwrap_or("-"),
+        method = %session.req_header().method,
+        path = ctx.target.as_ref().map_or("-", |target| target.path()),
         route = ctx.route.as_deref().unwrap_or("-"),
         status,
         latency_ms = format_args!("{latency_ms:.3}"),

@@ -256,10 +256,8 @@ impl TestGateway {
                 loaded.report.render(false)
             );
         };
-        let prepared =
-            portcullis::server::build(&config, &Extras::default()).expect("build gateway");
+        let server = portcullis::server::build(&config, &Extras::default()).expect("build gateway");
         let switch = ShutdownSwitch::new();
-        let server = prepared.server;
         let thread_switch = switch.clone();
         let thread = std::thread::spawn(move || server.run(thread_switch.run_args()));
         wait_until_listening(https);
