@@ -62,6 +62,8 @@ pub struct TlsFiles {
     pub private_key: PathBuf,
     /// Warn when the certificate expires sooner than this.
     pub expiry_warning: Duration,
+    /// How often to look for a renewed certificate; zero disables reloading.
+    pub reload_interval: Duration,
 }
 
 /// `Strict-Transport-Security` (RFC 6797).
@@ -546,6 +548,12 @@ impl Check<'_> {
             Duration::ZERO..Duration::from_secs(3650 * 24 * 3600),
             "expiry_warning",
         );
+        let reload_interval = self.duration(
+            raw.reload_interval,
+            Duration::from_secs(30),
+            Duration::ZERO..Duration::from_secs(24 * 3600 + 1),
+            "reload_interval",
+        );
         let (certificate, certificate_span) = certificate?;
         let (private_key, private_key_span) = private_key?;
         spans.certificate = Some(certificate_span);
@@ -554,6 +562,7 @@ impl Check<'_> {
             certificate,
             private_key,
             expiry_warning,
+            reload_interval,
         })
     }
 

@@ -16,6 +16,7 @@ use pingora::apps::http_app::HttpServer;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::sync::watch;
 
@@ -24,7 +25,9 @@ pub use demo_backend::DemoBackend;
 use crate::config::Config;
 use crate::proxy::{Gateway, Snapshot};
 use crate::redirect::Redirect;
-use crate::tls::{CertificatePair, CertificateStore, TlsError, listener_settings};
+use crate::tls::{
+    CertificatePair, CertificateReloader, CertificateStore, TlsError, listener_settings,
+};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,18 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
             redirect.add_tcp(&address.to_string());
         }
         server.add_service(redirect);
+    }
+
+    if !config.tls.reload_interval.is_zero() {
+        server.add_service(background_service(
+            "certificate reload",
+            CertificateReloader::new(
+                certificates.clone(),
+                config.tls.certificate.clone(),
+                config.tls.private_key.clone(),
+                config.tls.reload_interval,
+            ),
+        ));
     }
 
     if let Some(address) = extras.demo_backend {

@@ -4,6 +4,8 @@
 //! [`CertificatePair::read`] parses and checks the chain and key (key matches the leaf,
 //! validity dates), and pingora gets a [`CertificateStore`]: a certificate resolver
 //! whose current pair can be swapped atomically, without dropping connections.
+//! [`CertificateReloader`] watches the files and swaps in a renewed pair once it
+//! passes the same checks; a pair that fails them is logged and the current one kept.
 //! Listeners accept TLS 1.2 and 1.3 only (pingora's rustls default), with ALPN h2 and
 //! http/1.1.
 
@@ -15,6 +17,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use pingora::utils::tls::{WrappedX509, parse_x509};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -300,6 +304,100 @@ impl CertificateStore {
 impl ResolvesServerCert for CertificateStore {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
+    }
+}
+
+/// Reloads the served certificate when its files change.
+///
+/// Polls the files' size and modification time (symlink swaps, as Kubernetes secrets
+/// and certbot do them, count as changes). A changed pair is read and checked on the
+/// blocking pool; only a pair that passes every check replaces the current one. A
+/// half-written renewal (new certificate, old key) fails the key check, is logged, and
+/// is retried when the next file changes.
+pub struct CertificateReloader {
+    store: Arc<CertificateStore>,
+    certificate: PathBuf,
+    private_key: PathBuf,
+    interval: Duration,
+}
+
+/// What identifies a version of the two files.
+type Fingerprint = Option<[(std::time::SystemTime, u64); 2]>;
+
+impl CertificateReloader {
+    pub fn new(
+        store: Arc<CertificateStore>,
+        certificate: PathBuf,
+        private_key: PathBuf,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            store,
+            certificate,
+            private_key,
+            interval,
+        }
+    }
+
+    fn fingerprint(certificate: &Path, private_key: &Path) -> Fingerprint {
+        let stamp = |path: &Path| {
+            let metadata = fs::metadata(path).ok()?;
+            Some((metadata.modified().ok()?, metadata.len()))
+        };
+        Some([stamp(certificate)?, stamp(private_key)?])
+    }
+
+    /// Reads the files off the event loop; `None` if the blocking pool failed.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(PathBuf, PathBuf) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (certificate, private_key) = (self.certificate.clone(), self.private_key.clone());
+        tokio::task::spawn_blocking(move || work(certificate, private_key))
+            .await
+            .ok()
+    }
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for CertificateReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut seen = self
+            .blocking(|c, k| Self::fingerprint(&c, &k))
+            .await
+            .flatten();
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = ticks.tick() => {}
+            }
+            let now = self
+                .blocking(|c, k| Self::fingerprint(&c, &k))
+                .await
+                .flatten();
+            if now.is_none() || now == seen {
+                continue;
+            }
+            seen = now;
+            match self.blocking(|c, k| CertificatePair::read(&c, &k)).await {
+                Some(Ok(pair)) => {
+                    self.store.replace(&pair);
+                    tracing::info!(
+                        certificate = %self.certificate.display(),
+                        expires = %format_time(pair.not_after),
+                        "certificate reloaded"
+                    );
+                }
+                Some(Err(error)) => tracing::error!(
+                    certificate = %self.certificate.display(),
+                    %error,
+                    "certificate not reloaded; still serving the previous one"
+                ),
+                None => tracing::error!("certificate reload failed on the blocking pool"),
+            }
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub struct Tls {
     pub certificate: Option<Spanned<String>>,
     pub private_key: Option<Spanned<String>>,
     pub expiry_warning: Option<Spanned<DurationText>>,
+    pub reload_interval: Option<Spanned<DurationText>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

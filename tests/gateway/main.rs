@@ -11,6 +11,7 @@
 mod support;
 
 mod canonical_paths;
+mod certificates;
 mod config_errors;
 mod demo;
 mod failures;

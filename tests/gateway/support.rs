@@ -358,6 +358,24 @@ impl TlsClient {
         }
     }
 
+    /// Whether a TLS handshake with the gateway succeeds, trusting only this client's CA.
+    pub async fn handshake(&self) -> Result<(), String> {
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(self.address)
+            .await
+            .map_err(|e| e.to_string())?;
+        TlsConnector::from(Arc::new(config))
+            .connect(
+                ServerName::try_from("localhost").map_err(|e| e.to_string())?,
+                tcp,
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     async fn connect(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
         let mut config = rustls::ClientConfig::builder()
             .with_root_certificates(self.roots.clone())
