@@ -212,11 +212,12 @@ fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> Ex
         .iter()
         .map(|ip| SocketAddr::new(*ip, http_port))
         .collect();
-    // The demo backend takes any free loopback port.
-    let backend = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
-        Ok(address) => address,
-        Err(error) => {
-            eprintln!("error: no free port for the demo backend: {error}");
+    // The demo backend and the admin listener take any free loopback ports.
+    let free = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr());
+    let (backend, admin) = match (free(), free()) {
+        (Ok(backend), Ok(admin)) => (backend, admin),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("error: no free loopback port: {error}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
@@ -232,6 +233,7 @@ fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> Ex
         &https,
         &http,
         backend,
+        admin,
         &absolute(&paths.certificate),
         &absolute(&paths.private_key),
     );
@@ -244,7 +246,10 @@ fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> Ex
         eprint!("{}", loaded.report.render(color()));
         return ExitCode::from(EXIT_CONFIG);
     };
-    println!("{}", crate::demo::banner(https_port, http_port, &paths.ca));
+    println!(
+        "{}",
+        crate::demo::banner(https_port, http_port, admin, &paths.ca)
+    );
     serve(
         &config,
         &Extras {

@@ -41,6 +41,8 @@ pub struct Config {
     pub hsts: Hsts,
     pub server: ServerSettings,
     pub log: LogSettings,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; empty: nowhere.
+    pub admin: Vec<SocketAddr>,
     pub backends: BTreeMap<Arc<str>, Backend>,
     pub routes: RouteTable,
     /// Where each checked value came from, so later checks (certificates) can point at it.
@@ -157,6 +159,7 @@ pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("hsts", raw::keys_of::<raw::Hsts>()),
         ("server", raw::keys_of::<raw::Server>()),
         ("log", raw::keys_of::<raw::Log>()),
+        ("admin", raw::keys_of::<raw::Admin>()),
         ("backends.NAME", raw::keys_of::<raw::Backend>()),
         ("route", raw::keys_of::<raw::Route>()),
     ]
@@ -317,6 +320,7 @@ struct Check<'s> {
     sources: &'s Sources,
 }
 
+const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -376,6 +380,9 @@ impl Check<'_> {
             .section("server", root.remove("server"))
             .unwrap_or_default();
         let log: raw::Log = self.section("log", root.remove("log")).unwrap_or_default();
+        let admin: raw::Admin = self
+            .section("admin", root.remove("admin"))
+            .unwrap_or_default();
         let backends_value = root.remove("backends");
         let routes_value = root.remove("route");
 
@@ -385,6 +392,7 @@ impl Check<'_> {
         let hsts = self.hsts(hsts);
         let server = self.server(server);
         let log = self.log(log);
+        let admin = self.admin(admin, listen.as_ref());
         let backends = self.backends(backends_value, &mut spans);
         let routes = self.routes(routes_value, &backends);
 
@@ -395,6 +403,7 @@ impl Check<'_> {
             hsts,
             server,
             log,
+            admin,
             backends,
             routes,
             spans,
@@ -517,6 +526,35 @@ impl Check<'_> {
             http,
             redirect_port,
         })
+    }
+
+    fn admin(&mut self, raw: raw::Admin, listen: Option<&Listen>) -> Vec<SocketAddr> {
+        let Some(list) = raw.listen else {
+            return vec![DEFAULT_ADMIN];
+        };
+        let span = list.span();
+        let addresses = self.addresses(list, "listen");
+        for address in &addresses {
+            if listen.is_some_and(|l| l.https.contains(address) || l.http.contains(address)) {
+                self.error(
+                    Problem::error(format!(
+                        "`{address}` is both an admin and a public listener"
+                    ))
+                    .at(span.clone())
+                    .help(
+                        "serve /metrics on a port of its own, on loopback or an internal network",
+                    ),
+                );
+            }
+            if !address.ip().is_loopback() {
+                self.error(
+                    Problem::warning(format!("admin listener `{address}` is reachable from other machines"))
+                        .at(span.clone())
+                        .help("metrics and health need no authentication; expose them only to your monitoring network"),
+                );
+            }
+        }
+        addresses
     }
 
     fn path(&self, text: &str) -> PathBuf {

@@ -12,6 +12,7 @@ pub fn config_text(
     https: &[SocketAddr],
     http: &[SocketAddr],
     backend: SocketAddr,
+    admin: SocketAddr,
     certificate: &Path,
     private_key: &Path,
 ) -> String {
@@ -20,6 +21,9 @@ pub fn config_text(
 [listen]
 https = {https}
 http = {http}
+
+[admin]
+listen = ["{admin}"]
 
 [tls]
 certificate = "{certificate}"
@@ -57,14 +61,15 @@ fn toml_list(addresses: &[SocketAddr]) -> String {
 }
 
 /// What to tell the person who started the demo.
-pub fn banner(https_port: u16, http_port: u16, ca: &Path) -> String {
+pub fn banner(https_port: u16, http_port: u16, admin: SocketAddr, ca: &Path) -> String {
     let ca = ca.display();
     format!(
         "\nPortcullis demo is running.\n\n\
          \x20 https://localhost:{https_port}/            the demo backend, through the gateway\n\
          \x20 http://localhost:{http_port}/             redirects (308) to https\n\
          \x20 https://localhost:{https_port}/private     refused: needs a token (401)\n\
-         \x20 https://localhost:{https_port}/a/../b      refused: ambiguous path (400)\n\n\
+         \x20 https://localhost:{https_port}/a/../b      refused: ambiguous path (400)\n\
+         \x20 http://{admin}/metrics       Prometheus metrics (also /healthz, /readyz)\n\n\
          Browsers will warn about the development certificate; trust {ca} or use curl:\n\
          \x20 curl --cacert {ca} https://localhost:{https_port}/\n\
          \x20 curl -i http://localhost:{http_port}/any/path?x=1\n\n\
@@ -88,6 +93,7 @@ mod tests {
             ],
             &["127.0.0.1:8080".parse().expect("addr")],
             "127.0.0.1:8081".parse().expect("addr"),
+            "127.0.0.1:9901".parse().expect("addr"),
             &PathBuf::from("c.pem"),
             &PathBuf::from("k.pem"),
         );

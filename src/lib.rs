@@ -28,4 +28,5 @@ pub mod tls;
 pub mod cli;
 pub mod demo;
 pub mod dev_certs;
+pub mod metrics;
 pub mod telemetry;

@@ -6,7 +6,7 @@
 //! upstream_request_filter:  canonical path, forwarding headers
 //! response_filter:          HSTS and security headers
 //! fail_to_proxy:            backend failures as fixed 502/504 responses
-//! logging:                  one line per request
+//! logging:                  one line and the metrics per request
 //! ```
 //!
 //! Each phase is one named call into a pingora-free module; this file only moves data
@@ -29,17 +29,19 @@ pub use snapshot::Snapshot;
 use crate::canonical::canonicalize;
 use crate::forwarding::{ConnectionRewrite, ForwardedFor, Strip};
 use crate::identity::identify;
+use crate::metrics::Metrics;
 use crate::policy::{Permit, authorize};
 use crate::rejection::Rejection;
 
 /// The gateway's proxy logic; everything reloadable lives in the snapshot.
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self { snapshot }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
+        Self { snapshot, metrics }
     }
 }
 
@@ -119,7 +121,7 @@ impl ProxyHttp for Gateway {
         error: Option<&Error>,
         ctx: &mut RequestContext,
     ) {
-        respond::log(session, error, ctx);
+        respond::log(session, error, ctx, &self.metrics);
     }
 }
 

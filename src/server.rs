@@ -4,6 +4,7 @@
 //! Everything that can fail is checked before pingora starts, because pingora panics
 //! on a certificate it cannot load or an address it cannot bind.
 
+mod admin;
 mod demo_backend;
 
 use std::net::{SocketAddr, TcpListener};
@@ -20,9 +21,11 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::sync::watch;
 
+pub use admin::Admin;
 pub use demo_backend::DemoBackend;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Snapshot};
 use crate::redirect::Redirect;
 use crate::tls::{
@@ -34,6 +37,8 @@ use crate::tls::{
 pub enum StartError {
     #[error("TLS certificate: {0}")]
     Certificate(#[from] TlsError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -56,6 +61,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
 
     let mut addresses: Vec<SocketAddr> = config.listen.https.clone();
     addresses.extend(&config.listen.http);
+    addresses.extend(&config.admin);
     addresses.extend(extras.demo_backend);
     for address in addresses {
         check_bindable(address)?;
@@ -63,6 +69,8 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
 
     let pair = CertificatePair::read(&config.tls.certificate, &config.tls.private_key)?;
     let certificates = Arc::new(CertificateStore::new(&pair));
+    let metrics = Arc::new(Metrics::new()?);
+    metrics.certificate_served(pair.not_after.unix_timestamp());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
 
     let server_conf = ServerConf {
@@ -77,8 +85,11 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
-    let mut proxy =
-        http_proxy_service_with_name(&conf, Gateway::new(snapshot.clone()), "portcullis https");
+    let mut proxy = http_proxy_service_with_name(
+        &conf,
+        Gateway::new(snapshot, metrics.clone()),
+        "portcullis https",
+    );
     for address in &config.listen.https {
         proxy.add_tls_with_settings(
             &address.to_string(),
@@ -107,8 +118,20 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
                 config.tls.certificate.clone(),
                 config.tls.private_key.clone(),
                 config.tls.reload_interval,
+                metrics.clone(),
             ),
         ));
+    }
+
+    if !config.admin.is_empty() {
+        let mut admin = Service::new(
+            "portcullis admin".to_owned(),
+            HttpServer::new_app(Admin::new(metrics)),
+        );
+        for address in &config.admin {
+            admin.add_tcp(&address.to_string());
+        }
+        server.add_service(admin);
     }
 
     if let Some(address) = extras.demo_backend {
@@ -123,6 +146,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     tracing::info!(
         https = ?config.listen.https,
         http = ?config.listen.http,
+        admin = ?config.admin,
         routes = config.routes.len(),
         backends = config.backends.len(),
         certificate_expires = %pair.not_after,

@@ -319,6 +319,7 @@ pub struct CertificateReloader {
     certificate: PathBuf,
     private_key: PathBuf,
     interval: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What identifies a version of the two files.
@@ -330,12 +331,14 @@ impl CertificateReloader {
         certificate: PathBuf,
         private_key: PathBuf,
         interval: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             store,
             certificate,
             private_key,
             interval,
+            metrics,
         }
     }
 
@@ -384,18 +387,26 @@ impl BackgroundService for CertificateReloader {
             match self.blocking(|c, k| CertificatePair::read(&c, &k)).await {
                 Some(Ok(pair)) => {
                     self.store.replace(&pair);
+                    self.metrics
+                        .certificate_reload(Some(pair.not_after.unix_timestamp()));
                     tracing::info!(
                         certificate = %self.certificate.display(),
                         expires = %format_time(pair.not_after),
                         "certificate reloaded"
                     );
                 }
-                Some(Err(error)) => tracing::error!(
-                    certificate = %self.certificate.display(),
-                    %error,
-                    "certificate not reloaded; still serving the previous one"
-                ),
-                None => tracing::error!("certificate reload failed on the blocking pool"),
+                Some(Err(error)) => {
+                    self.metrics.certificate_reload(None);
+                    tracing::error!(
+                        certificate = %self.certificate.display(),
+                        %error,
+                        "certificate not reloaded; still serving the previous one"
+                    );
+                }
+                None => {
+                    self.metrics.certificate_reload(None);
+                    tracing::error!("certificate reload failed on the blocking pool");
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use super::RequestContext;
 use crate::forwarding::REQUEST_ID;
+use crate::metrics::{Decision, Metrics};
 use crate::rejection::Rejection;
 
 const NOSNIFF: (&str, &str) = ("x-content-type-options", "nosniff");
@@ -108,11 +109,23 @@ pub async fn failure(
 
 /// One line per request. SECURITY: no headers and no query string (it may carry
 /// tokens); the canonical path and ids only.
-pub fn log(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
+pub fn log(session: &Session, error: Option<&Error>, ctx: &RequestContext, metrics: &Metrics) {
     let status = session
         .response_written()
         .map_or(0, |response| response.status.as_u16());
-    let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+    let seconds = ctx.started.elapsed().as_secs_f64();
+    let latency_ms = seconds * 1000.0;
+    let decision = match (ctx.permit.is_some(), ctx.refusal.is_some()) {
+        (true, false) => Decision::Allowed,
+        (true, true) => Decision::Failed,
+        (false, _) => Decision::Refused,
+    };
+    metrics.request(
+        ctx.route.as_deref().unwrap_or("-"),
+        decision,
+        status,
+        seconds,
+    );
     let client = ctx
         .client
         .as_ref()

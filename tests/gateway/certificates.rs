@@ -34,9 +34,9 @@ async fn wait_until_served(https: std::net::SocketAddr, ca_pem: &str) {
 async fn renewed_certificates_are_served_without_restart_and_broken_ones_never() {
     let backend = EchoBackend::start();
     let mut dir = PathBuf::new();
-    let gateway = TestGateway::start_with(|https, http, tls_dir| {
+    let gateway = TestGateway::start_with(|ports, tls_dir| {
         dir = tls_dir.to_path_buf();
-        config_text(https, http, tls_dir, &public_catch_all(backend.address))
+        config_text(ports, tls_dir, &public_catch_all(backend.address))
             .replace("[tls]\n", "[tls]\nreload_interval = \"50ms\"\n")
     });
     let first = TlsClient::new(gateway.https, &gateway.ca_pem);

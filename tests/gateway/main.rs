@@ -10,6 +10,7 @@
 
 mod support;
 
+mod admin;
 mod canonical_paths;
 mod certificates;
 mod config_errors;

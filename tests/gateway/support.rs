@@ -192,10 +192,19 @@ where
         .await;
 }
 
+/// The loopback addresses a test gateway listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
 /// A running gateway; stops when dropped.
 pub struct TestGateway {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    pub admin: SocketAddr,
     pub ca_pem: String,
     switch: ShutdownSwitch,
     thread: Option<JoinHandle<()>>,
@@ -203,16 +212,15 @@ pub struct TestGateway {
 }
 
 /// The configuration around `body` (backends and routes): listeners and certificates.
-pub fn config_text(
-    https: SocketAddr,
-    http: SocketAddr,
-    dir: &std::path::Path,
-    body: &str,
-) -> String {
+pub fn config_text(ports: Ports, dir: &std::path::Path, body: &str) -> String {
+    let Ports { https, http, admin } = ports;
     format!(
         r#"[listen]
 https = ["{https}"]
 http = ["{http}"]
+
+[admin]
+listen = ["{admin}"]
 
 [tls]
 certificate = "{cert}"
@@ -233,20 +241,21 @@ shutdown_timeout = "1s"
 impl TestGateway {
     /// Starts a gateway with the given backends and routes (TOML).
     pub fn start(body: &str) -> Self {
-        Self::start_with(|https, http, dir| config_text(https, http, dir, body))
+        Self::start_with(|ports, dir| config_text(ports, dir, body))
     }
 
     /// Starts a gateway whose whole configuration `make` writes.
-    pub fn start_with(
-        make: impl FnOnce(SocketAddr, SocketAddr, &std::path::Path) -> String,
-    ) -> Self {
+    pub fn start_with(make: impl FnOnce(Ports, &std::path::Path) -> String) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let certificates = DevCertificates::generate().expect("certificates");
         std::fs::write(dir.path().join("cert.pem"), &certificates.chain_pem).expect("write");
         std::fs::write(dir.path().join("key.pem"), &certificates.key_pem).expect("write");
-        let https = free_port();
-        let http = free_port();
-        let text = make(https, http, dir.path());
+        let ports = Ports {
+            https: free_port(),
+            http: free_port(),
+            admin: free_port(),
+        };
+        let text = make(ports, dir.path());
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, &text).expect("write config");
         let loaded = portcullis::config::parse(&config_path, text, Vec::new());
@@ -260,11 +269,13 @@ impl TestGateway {
         let switch = ShutdownSwitch::new();
         let thread_switch = switch.clone();
         let thread = std::thread::spawn(move || server.run(thread_switch.run_args()));
-        wait_until_listening(https);
-        wait_until_listening(http);
+        wait_until_listening(ports.https);
+        wait_until_listening(ports.http);
+        wait_until_listening(ports.admin);
         Self {
-            https,
-            http,
+            https: ports.https,
+            http: ports.http,
+            admin: ports.admin,
             ca_pem: certificates.ca_pem,
             switch,
             thread: Some(thread),
@@ -502,4 +513,32 @@ backend = "echo"
 auth = "public"
 "#
     )
+}
+
+/// A plain-HTTP GET to the admin listener.
+pub async fn admin_get(gateway: &TestGateway, request: &str) -> Reply {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = TcpStream::connect(gateway.admin)
+        .await
+        .expect("connect admin");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut bytes))
+        .await
+        .expect("admin closes")
+        .expect("read");
+    parse_http1(&bytes, "http/1.1")
+}
+
+/// The value of one metric sample (exact name and labels) in the admin exposition.
+pub async fn metric(gateway: &TestGateway, sample: &str) -> Option<f64> {
+    let reply = admin_get(
+        gateway,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    reply
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
 }

@@ -1,0 +1,178 @@
+//! Prometheus metrics: what the gateway decided, how long it took, and the state of
+//! its certificate. Served on the admin listener (`server/admin.rs`).
+//!
+//! Labels are bounded: route ids come from configuration, statuses and decisions from
+//! fixed sets. Nothing request-specific (paths, ids, addresses) becomes a label.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The gateway's metrics, registered in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    certificate_expiry: IntGauge,
+    certificate_reloads: IntCounterVec,
+    certificate_reloaded_at: IntGauge,
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Permitted and answered by the backend.
+    Allowed,
+    /// Refused by the gateway before any backend was contacted.
+    Refused,
+    /// Permitted, but the backend failed (502/504).
+    Failed,
+}
+
+impl Decision {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("portcullis".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by route, decision and status."),
+            &["route", "decision", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request to the end of the response, by route.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )?;
+        let certificate_expiry = IntGauge::new(
+            "certificate_expiry_timestamp_seconds",
+            "When the served certificate expires (Unix time).",
+        )?;
+        let certificate_reloads = IntCounterVec::new(
+            Opts::new(
+                "certificate_reloads_total",
+                "Certificate reload attempts by result.",
+            ),
+            &["result"],
+        )?;
+        let certificate_reloaded_at = IntGauge::new(
+            "certificate_reload_timestamp_seconds",
+            "When the served certificate was last replaced (Unix time; 0: never).",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
+        registry.register(Box::new(certificate_reloads.clone()))?;
+        registry.register(Box::new(certificate_reloaded_at.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            certificate_expiry,
+            certificate_reloads,
+            certificate_reloaded_at,
+        })
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, route: &str, decision: Decision, status: u16, seconds: f64) {
+        let status = status.to_string();
+        self.requests
+            .with_label_values(&[route, decision.label(), status.as_str()])
+            .inc();
+        self.duration.with_label_values(&[route]).observe(seconds);
+    }
+
+    /// Records the certificate now being served.
+    pub fn certificate_served(&self, expires_unix: i64) {
+        self.certificate_expiry.set(expires_unix);
+    }
+
+    /// Records a reload attempt; `Some(expiry)` when the new certificate is served.
+    pub fn certificate_reload(&self, outcome: Option<i64>) {
+        match outcome {
+            Some(expires_unix) => {
+                self.certificate_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                self.certificate_served(expires_unix);
+                self.certificate_reloaded_at.set(unix_now());
+            }
+            None => self
+                .certificate_reloads
+                .with_label_values(&["failure"])
+                .inc(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format; an error leaves it empty.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_reloads_appear_in_the_exposition() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.request("api", Decision::Allowed, 200, 0.002);
+        metrics.request("api", Decision::Allowed, 200, 0.004);
+        metrics.request("-", Decision::Refused, 404, 0.0001);
+        metrics.certificate_reload(None);
+        metrics.certificate_reload(Some(1_900_000_000));
+        let text = String::from_utf8(metrics.render()).expect("utf8");
+        assert!(
+            text.contains(
+                r#"portcullis_requests_total{decision="allowed",route="api",status="200"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"portcullis_requests_total{decision="refused",route="-",status="404"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_request_duration_seconds_count{route="api"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_certificate_reloads_total{result="failure"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_certificate_expiry_timestamp_seconds 1900000000"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("portcullis_certificate_reload_timestamp_seconds 0\n"),
+            "{text}"
+        );
+    }
+}
