@@ -1,6 +1,6 @@
 //! The admin listener: health, readiness and metrics of what the gateway decided.
 
-use crate::support::{EchoBackend, TestGateway, admin_get, free_port, metric, public_catch_all};
+use crate::support::{ClosedPort, EchoBackend, TestGateway, admin_get, metric, public_catch_all};
 
 const GET: &str = "HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 
@@ -32,6 +32,7 @@ async fn health_and_readiness_answer_on_the_admin_listener_only() {
 #[tokio::test]
 async fn metrics_count_decisions_by_route_and_status() {
     let backend = EchoBackend::start();
+    let down = ClosedPort::new();
     let gateway = TestGateway::start(&format!(
         r#"[backends.echo]
 address = "{}"
@@ -57,8 +58,7 @@ path_prefix = "/down"
 backend = "gone"
 auth = "public"
 "#,
-        backend.address,
-        free_port()
+        backend.address, down.address
     ));
     let client = gateway.tls();
     for target in [

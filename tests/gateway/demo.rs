@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{DEADLINE, TlsClient, free_port, parse_http1, wait_until_listening};
+use crate::support::{DEADLINE, TlsClient, free_ports, parse_http1, wait_until_listening};
 
 /// Kills the demo when the test ends, however it ends.
 struct Running(Child);
@@ -21,7 +21,7 @@ impl Drop for Running {
 async fn demo_serves_the_backend_over_https_and_redirects_http() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().join("certs");
-    let (https, http) = (free_port(), free_port());
+    let [https, http] = free_ports();
     let _demo = Running(
         Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args([

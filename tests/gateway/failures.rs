@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::support::{EchoBackend, TestGateway, free_port, public_catch_all};
+use crate::support::{ClosedPort, EchoBackend, TestGateway, public_catch_all};
 
 const BAD_GATEWAY: &str = r#"{"status":502,"message":"Bad gateway: the service is unavailable."}"#;
 const TIMEOUT: &str =
@@ -11,7 +11,8 @@ const TIMEOUT: &str =
 
 #[tokio::test]
 async fn backend_down_gets_502_with_a_fixed_body() {
-    let gateway = TestGateway::start(&public_catch_all(free_port()));
+    let down = ClosedPort::new();
+    let gateway = TestGateway::start(&public_catch_all(down.address));
     let client = gateway.tls();
     let reply = client.get("/x", "").await;
     assert_eq!(reply.status, 502);

@@ -1,6 +1,6 @@
 //! Proxied and refused responses over both protocols, all with HSTS.
 
-use crate::support::{EchoBackend, TestGateway, free_port, public_catch_all};
+use crate::support::{ClosedPort, EchoBackend, TestGateway, public_catch_all};
 
 const HSTS: &str = "max-age=31536000";
 
@@ -153,9 +153,10 @@ async fn hsts_follows_the_configuration() {
         Some("max-age=63072000; includeSubDomains; preload")
     );
     // A refusal from a second gateway whose backend is gone carries it as well.
+    let down = ClosedPort::new();
     let gone = TestGateway::start(&format!(
         "[hsts]\nmax_age = 600\n\n{}",
-        public_catch_all(free_port())
+        public_catch_all(down.address)
     ));
     let reply = gone.tls().get("/", "").await;
     assert_eq!(reply.status, 502);

@@ -23,10 +23,38 @@ use tokio_rustls::TlsConnector;
 /// Generous bound for anything that should happen promptly on loopback.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> SocketAddr {
-    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    listener.local_addr().expect("addr")
+/// A loopback port that refuses connections for as long as this value lives: bound,
+/// never listening, so no other test can take it over.
+pub struct ClosedPort {
+    pub address: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .expect("bind");
+        let address = socket
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet");
+        Self {
+            address,
+            _socket: socket,
+        }
+    }
+}
+
+/// `N` distinct loopback ports nobody listens on right now. All are held until all are
+/// chosen, so the kernel cannot hand out one of them twice.
+pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
+    let listeners: [StdListener; N] =
+        std::array::from_fn(|_| StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind"));
+    std::array::from_fn(|i| listeners[i].local_addr().expect("addr"))
 }
 
 /// A request as the backend received it.
@@ -250,11 +278,8 @@ impl TestGateway {
         let certificates = DevCertificates::generate().expect("certificates");
         std::fs::write(dir.path().join("cert.pem"), &certificates.chain_pem).expect("write");
         std::fs::write(dir.path().join("key.pem"), &certificates.key_pem).expect("write");
-        let ports = Ports {
-            https: free_port(),
-            http: free_port(),
-            admin: free_port(),
-        };
+        let [https, http, admin] = free_ports();
+        let ports = Ports { https, http, admin };
         let text = make(ports, dir.path());
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, &text).expect("write config");
