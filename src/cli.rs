@@ -46,6 +46,15 @@ pub enum Command {
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Print a shell completion script.
+    ///
+    /// bash: `portcullis completions bash > /etc/bash_completion.d/portcullis`;
+    /// zsh: `portcullis completions zsh > "${fpath[1]}/_portcullis"`;
+    /// fish: `portcullis completions fish > ~/.config/fish/completions/portcullis.fish`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Start the gateway on embedded defaults in front of a built-in demo backend.
     ///
     /// Writes a development CA and localhost certificate into --certs, then serves
@@ -96,6 +105,16 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Run(ConfigFile { config }) => run(&config),
         Command::Check(ConfigFile { config }) => check(&config),
         Command::Certs(CertsCommand::Dev { dir }) => certs_dev(&dir),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "portcullis",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Demo {
             certs,
             https_port,

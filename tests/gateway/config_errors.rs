@@ -271,3 +271,19 @@ fn example_configuration_is_valid_and_documents_every_key() {
     let problems = portcullis::tls::check(&config);
     assert!(problems.is_empty(), "{problems:?}");
 }
+
+#[test]
+fn completions_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, stdout, stderr) = portcullis(&["completions", shell], &[]);
+        assert_eq!(code, 0, "{shell}: {stderr}");
+        for command in ["run", "check", "certs", "demo"] {
+            assert!(
+                stdout.contains(command),
+                "{shell} completion lacks `{command}`"
+            );
+        }
+    }
+    let (code, _, _) = portcullis(&["completions", "cmd.exe"], &[]);
+    assert_eq!(code, 2, "an unknown shell is a usage error");
+}
