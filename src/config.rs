@@ -43,6 +43,7 @@ pub struct Config {
     pub log: LogSettings,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; empty: nowhere.
     pub admin: Vec<SocketAddr>,
+    pub audit: AuditSettings,
     pub backends: BTreeMap<Arc<str>, Backend>,
     pub routes: RouteTable,
     /// Where each checked value came from, so later checks (certificates) can point at it.
@@ -99,6 +100,13 @@ pub struct ServerSettings {
     pub trusted_proxies: TrustedProxies,
     /// Idle upstream connections kept for reuse, across all backends.
     pub keepalive_pool_size: usize,
+}
+
+/// Where decision records go and how many may wait to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub target: crate::audit::AuditTarget,
+    pub capacity: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +168,7 @@ pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("server", raw::keys_of::<raw::Server>()),
         ("log", raw::keys_of::<raw::Log>()),
         ("admin", raw::keys_of::<raw::Admin>()),
+        ("audit", raw::keys_of::<raw::Audit>()),
         ("backends.NAME", raw::keys_of::<raw::Backend>()),
         ("route", raw::keys_of::<raw::Route>()),
     ]
@@ -383,6 +392,9 @@ impl Check<'_> {
         let admin: raw::Admin = self
             .section("admin", root.remove("admin"))
             .unwrap_or_default();
+        let audit: raw::Audit = self
+            .section("audit", root.remove("audit"))
+            .unwrap_or_default();
         let backends_value = root.remove("backends");
         let routes_value = root.remove("route");
 
@@ -393,6 +405,15 @@ impl Check<'_> {
         let server = self.server(server);
         let log = self.log(log);
         let admin = self.admin(admin, listen.as_ref());
+        let audit = AuditSettings {
+            target: match audit.path {
+                Some(path) if path.get_ref() != "-" => {
+                    crate::audit::AuditTarget::File(self.path(path.get_ref()))
+                }
+                _ => crate::audit::AuditTarget::Stdout,
+            },
+            capacity: self.count(audit.capacity, 10_000, 10_000_000, "capacity"),
+        };
         let backends = self.backends(backends_value, &mut spans);
         let routes = self.routes(routes_value, &backends);
 
@@ -404,6 +425,7 @@ impl Check<'_> {
             server,
             log,
             admin,
+            audit,
             backends,
             routes,
             spans,

@@ -12,6 +12,7 @@
 
 pub mod config;
 
+pub mod audit;
 pub mod canonical;
 pub mod forwarding;
 pub mod identity;

@@ -16,6 +16,7 @@ pub struct Metrics {
     certificate_expiry: IntGauge,
     certificate_reloads: IntCounterVec,
     certificate_reloaded_at: IntGauge,
+    audit_dropped: prometheus::IntCounter,
 }
 
 /// What became of a request.
@@ -30,7 +31,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Self::Allowed => "allowed",
             Self::Refused => "refused",
@@ -72,6 +73,11 @@ impl Metrics {
             "certificate_reload_timestamp_seconds",
             "When the served certificate was last replaced (Unix time; 0: never).",
         )?;
+        let audit_dropped = prometheus::IntCounter::new(
+            "audit_dropped_total",
+            "Audit records dropped because the writer fell behind.",
+        )?;
+        registry.register(Box::new(audit_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(certificate_expiry.clone()))?;
@@ -84,6 +90,7 @@ impl Metrics {
             certificate_expiry,
             certificate_reloads,
             certificate_reloaded_at,
+            audit_dropped,
         })
     }
 
@@ -116,6 +123,11 @@ impl Metrics {
                 .with_label_values(&["failure"])
                 .inc(),
         }
+    }
+
+    /// Counts an audit record that could not be queued.
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -6,7 +6,7 @@
 //! upstream_request_filter:  canonical path, forwarding headers
 //! response_filter:          HSTS and security headers
 //! fail_to_proxy:            backend failures as fixed 502/504 responses
-//! logging:                  one line and the metrics per request
+//! logging:                  log line, metrics and audit record per request
 //! ```
 //!
 //! Each phase is one named call into a pingora-free module; this file only moves data
@@ -26,6 +26,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 pub use context::RequestContext;
 pub use snapshot::Snapshot;
 
+use crate::audit::Audit;
 use crate::canonical::canonicalize;
 use crate::forwarding::{ConnectionRewrite, ForwardedFor, Strip};
 use crate::identity::identify;
@@ -37,11 +38,16 @@ use crate::rejection::Rejection;
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
+    audit: Arc<Audit>,
 }
 
 impl Gateway {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
-        Self { snapshot, metrics }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>, audit: Arc<Audit>) -> Self {
+        Self {
+            snapshot,
+            metrics,
+            audit,
+        }
     }
 }
 
@@ -121,7 +127,7 @@ impl ProxyHttp for Gateway {
         error: Option<&Error>,
         ctx: &mut RequestContext,
     ) {
-        respond::log(session, error, ctx, &self.metrics);
+        respond::log(session, error, ctx, &self.metrics, &self.audit);
     }
 }
 

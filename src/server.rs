@@ -15,15 +15,17 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::ShutdownWatch;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::background::background_service;
+use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use tokio::sync::watch;
 
 pub use admin::Admin;
 pub use demo_backend::DemoBackend;
 
+use crate::audit::{Audit, AuditWriter};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Snapshot};
@@ -70,6 +72,11 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     let pair = CertificatePair::read(&config.tls.certificate, &config.tls.private_key)?;
     let certificates = Arc::new(CertificateStore::new(&pair));
     let metrics = Arc::new(Metrics::new()?);
+    let (audit, audit_writer) = Audit::channel(
+        config.audit.capacity,
+        config.audit.target.clone(),
+        metrics.clone(),
+    );
     metrics.certificate_served(pair.not_after.unix_timestamp());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
 
@@ -87,7 +94,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
 
     let mut proxy = http_proxy_service_with_name(
         &conf,
-        Gateway::new(snapshot, metrics.clone()),
+        Gateway::new(snapshot, metrics.clone(), Arc::new(audit)),
         "portcullis https",
     );
     for address in &config.listen.https {
@@ -123,6 +130,13 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
         ));
     }
 
+    server.add_service(background_service(
+        "audit writer",
+        AuditService {
+            writer: std::sync::Mutex::new(Some(audit_writer)),
+        },
+    ));
+
     if !config.admin.is_empty() {
         let mut admin = Service::new(
             "portcullis admin".to_owned(),
@@ -153,6 +167,25 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
         "gateway configured"
     );
     Ok(server)
+}
+
+/// Runs the audit writer until shutdown, then lets it drain.
+struct AuditService {
+    writer: std::sync::Mutex<Option<AuditWriter>>,
+}
+
+#[async_trait]
+impl BackgroundService for AuditService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let writer = self.writer.lock().ok().and_then(|mut writer| writer.take());
+        if let Some(writer) = writer {
+            writer
+                .run(async move {
+                    let _ = shutdown.changed().await;
+                })
+                .await;
+        }
+    }
 }
 
 /// pingora binds later and panics if it cannot; find out now, with a clear error.

@@ -12,7 +12,7 @@ use toml::Spanned;
 
 /// Top-level sections, for "unknown section" hints.
 pub const SECTIONS: &[&str] = &[
-    "listen", "tls", "hsts", "server", "log", "admin", "backends", "route",
+    "listen", "tls", "hsts", "server", "log", "admin", "audit", "backends", "route",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +55,13 @@ pub struct Server {
 pub struct Log {
     pub format: Option<Spanned<String>>,
     pub level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    pub path: Option<Spanned<String>>,
+    pub capacity: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,6 +11,7 @@ use pingora::proxy::{FailToProxy, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use super::RequestContext;
+use crate::audit::{Audit, DecisionRecord};
 use crate::forwarding::REQUEST_ID;
 use crate::metrics::{Decision, Metrics};
 use crate::rejection::Rejection;
@@ -109,7 +110,13 @@ pub async fn failure(
 
 /// One line per request. SECURITY: no headers and no query string (it may carry
 /// tokens); the canonical path and ids only.
-pub fn log(session: &Session, error: Option<&Error>, ctx: &RequestContext, metrics: &Metrics) {
+pub fn log(
+    session: &Session,
+    error: Option<&Error>,
+    ctx: &RequestContext,
+    metrics: &Metrics,
+    audit: &Audit,
+) {
     let status = session
         .response_written()
         .map_or(0, |response| response.status.as_u16());
@@ -126,6 +133,25 @@ pub fn log(session: &Session, error: Option<&Error>, ctx: &RequestContext, metri
         status,
         seconds,
     );
+    audit.record(&DecisionRecord {
+        time: crate::audit::now(),
+        kind: "decision",
+        request_id: &ctx.request_id,
+        client: ctx
+            .client
+            .as_ref()
+            .map(|client| client.client_ip.to_string()),
+        user: None,
+        account: None,
+        method: session.req_header().method.as_str(),
+        path: ctx.target.as_ref().map(|target| target.path()),
+        route: ctx.route.as_deref(),
+        decision: decision.label(),
+        reason: ctx.refusal.as_ref().map(ToString::to_string),
+        status,
+        latency_ms: (latency_ms * 1000.0).round() / 1000.0,
+        bytes: session.as_downstream().body_bytes_sent(),
+    });
     let client = ctx
         .client
         .as_ref()

@@ -11,6 +11,7 @@
 mod support;
 
 mod admin;
+mod audit;
 mod canonical_paths;
 mod certificates;
 mod config_errors;

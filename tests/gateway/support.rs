@@ -234,6 +234,8 @@ pub struct TestGateway {
     pub http: SocketAddr,
     pub admin: SocketAddr,
     pub ca_pem: String,
+    /// Where this gateway writes its audit records.
+    pub audit: std::path::PathBuf,
     switch: ShutdownSwitch,
     thread: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -250,6 +252,9 @@ http = ["{http}"]
 [admin]
 listen = ["{admin}"]
 
+[audit]
+path = "{audit}"
+
 [tls]
 certificate = "{cert}"
 private_key = "{key}"
@@ -261,6 +266,7 @@ shutdown_timeout = "1s"
 
 {body}
 "#,
+        audit = dir.join("audit.jsonl").display(),
         cert = dir.join("cert.pem").display(),
         key = dir.join("key.pem").display(),
     )
@@ -301,6 +307,7 @@ impl TestGateway {
             https: ports.https,
             http: ports.http,
             admin: ports.admin,
+            audit: dir.path().join("audit.jsonl"),
             ca_pem: certificates.ca_pem,
             switch,
             thread: Some(thread),

@@ -1,0 +1,180 @@
+//! Last stage of the flow: one JSON line per decision, written off the request path.
+//!
+//! Requests hand finished records to a bounded channel and never wait: when the writer
+//! falls behind, records are dropped and counted (`portcullis_audit_dropped_total`)
+//! rather than slowing traffic. The writer appends to a file (reopened on SIGUSR1, for
+//! log rotation) or to stdout. SECURITY: records carry ids, the canonical path and the
+//! decision; never headers, query strings, bodies or credentials.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Where audit lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// One decision, as written.
+#[derive(Debug, Serialize)]
+pub struct DecisionRecord<'a> {
+    pub time: String,
+    pub kind: &'static str,
+    pub request_id: &'a str,
+    pub client: Option<String>,
+    /// Verified user and account; null until credentials can be verified.
+    pub user: Option<&'a str>,
+    pub account: Option<&'a str>,
+    pub method: &'a str,
+    pub path: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub decision: &'static str,
+    pub reason: Option<String>,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub bytes: usize,
+}
+
+/// The sending side, shared by every request.
+pub struct Audit {
+    sender: mpsc::Sender<String>,
+    metrics: Arc<Metrics>,
+}
+
+/// The receiving side, owned by the writer task.
+pub struct AuditWriter {
+    receiver: mpsc::Receiver<String>,
+    target: AuditTarget,
+}
+
+impl Audit {
+    /// A channel holding at most `capacity` records not yet written.
+    pub fn channel(
+        capacity: usize,
+        target: AuditTarget,
+        metrics: Arc<Metrics>,
+    ) -> (Self, AuditWriter) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        (Self { sender, metrics }, AuditWriter { receiver, target })
+    }
+
+    /// Queues a record; never blocks. A full channel drops it and counts the drop.
+    pub fn record(&self, record: &impl Serialize) {
+        let Ok(line) = serde_json::to_string(record) else {
+            self.metrics.audit_dropped();
+            return;
+        };
+        if self.sender.try_send(line).is_err() {
+            self.metrics.audit_dropped();
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+impl AuditWriter {
+    /// Writes records until `stop` resolves or every sender is gone, then drains the
+    /// queue. SIGUSR1 reopens the file (after `logrotate` moved it).
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut rotate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+        let mut output = reopen(&self.target, "open").await;
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                Some(()) = async {
+                    match rotate.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    output = reopen(&self.target, "reopen").await;
+                }
+                line = self.receiver.recv() => {
+                    let Some(line) = line else { break };
+                    write_line(output.as_mut(), &line).await;
+                }
+            }
+        }
+        while let Ok(line) = self.receiver.try_recv() {
+            write_line(output.as_mut(), &line).await;
+        }
+    }
+}
+
+async fn reopen(target: &AuditTarget, what: &str) -> Option<Output> {
+    match open(target).await {
+        Ok(output) => Some(output),
+        Err(error) => {
+            tracing::error!(%error, "cannot {what} the audit log; records are lost until it can be");
+            None
+        }
+    }
+}
+
+type Output = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+async fn open(target: &AuditTarget) -> std::io::Result<Output> {
+    match target {
+        AuditTarget::Stdout => Ok(Box::new(tokio::io::stdout())),
+        AuditTarget::File(path) => Ok(Box::new(open_append(path).await?)),
+    }
+}
+
+async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .await
+}
+
+async fn write_line(out: Option<&mut Output>, line: &str) {
+    let Some(out) = out else { return };
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    if let Err(error) = async {
+        out.write_all(&bytes).await?;
+        out.flush().await
+    }
+    .await
+    {
+        tracing::error!(%error, "cannot write the audit log");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Line {
+        n: usize,
+    }
+
+    #[test]
+    fn a_full_channel_drops_and_counts_instead_of_blocking() {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let (audit, _writer) = Audit::channel(2, AuditTarget::Stdout, metrics.clone());
+        for n in 0..5 {
+            audit.record(&Line { n });
+        }
+        let text = String::from_utf8(metrics.render()).expect("utf8");
+        assert!(text.contains("portcullis_audit_dropped_total 3"), "{text}");
+    }
+}
