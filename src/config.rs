@@ -408,7 +408,18 @@ impl Check<'_> {
         let audit = AuditSettings {
             target: match audit.path {
                 Some(path) if path.get_ref() != "-" => {
-                    crate::audit::AuditTarget::File(self.path(path.get_ref()))
+                    let file = self.path(path.get_ref());
+                    if file.parent().is_some_and(|dir| !dir.is_dir()) {
+                        self.error(
+                            Problem::warning(format!(
+                                "the audit log's directory `{}` does not exist: audit records are lost until it does",
+                                file.parent().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+                            ))
+                            .at(path.span())
+                            .help("create it, writable by the gateway's user (systemd: LogsDirectory=), or write to stdout with path = \"-\""),
+                        );
+                    }
+                    crate::audit::AuditTarget::File(file)
                 }
                 _ => crate::audit::AuditTarget::Stdout,
             },
