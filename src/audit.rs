@@ -28,7 +28,7 @@ pub struct DecisionRecord<'a> {
     pub time: String,
     pub kind: &'static str,
     pub request_id: &'a str,
-    pub client: Option<String>,
+    pub client: Option<&'a str>,
     /// Verified user and account; null until credentials can be verified.
     pub user: Option<&'a str>,
     pub account: Option<&'a str>,
@@ -36,7 +36,7 @@ pub struct DecisionRecord<'a> {
     pub path: Option<&'a str>,
     pub route: Option<&'a str>,
     pub decision: &'static str,
-    pub reason: Option<String>,
+    pub reason: Option<&'a str>,
     pub status: u16,
     pub latency_ms: f64,
     pub bytes: usize,

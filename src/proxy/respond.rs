@@ -133,35 +133,31 @@ pub fn log(
         status,
         seconds,
     );
+    let client = ctx
+        .client
+        .as_ref()
+        .map(|client| client.client_ip.to_string());
+    let reason = ctx.refusal.as_ref().map(ToString::to_string);
     audit.record(&DecisionRecord {
         time: crate::audit::now(),
         kind: "decision",
         request_id: &ctx.request_id,
-        client: ctx
-            .client
-            .as_ref()
-            .map(|client| client.client_ip.to_string()),
+        client: client.as_deref(),
         user: None,
         account: None,
         method: session.req_header().method.as_str(),
         path: ctx.target.as_ref().map(|target| target.path()),
         route: ctx.route.as_deref(),
         decision: decision.label(),
-        reason: ctx.refusal.as_ref().map(ToString::to_string),
+        reason: reason.as_deref(),
         status,
         latency_ms: (latency_ms * 1000.0).round() / 1000.0,
         bytes: session.as_downstream().body_bytes_sent(),
     });
-    let client = ctx
-        .client
-        .as_ref()
-        .map(|client| client.client_ip.to_string())
-        .unwrap_or_default();
-    let reason = ctx.refusal.as_ref().map(ToString::to_string);
     tracing::info!(
         target: "portcullis::request",
         request_id = %ctx.request_id,
-        client = %client,
+        client = client.as_deref().unwrap_or_default(),
         method = %session.req_header().method,
         path = ctx.target.as_ref().map_or("-", |target| target.path()),
         route = ctx.route.as_deref().unwrap_or("-"),
