@@ -405,26 +405,7 @@ impl Check<'_> {
         let server = self.server(server);
         let log = self.log(log);
         let admin = self.admin(admin, listen.as_ref());
-        let audit = AuditSettings {
-            target: match audit.path {
-                Some(path) if path.get_ref() != "-" => {
-                    let file = self.path(path.get_ref());
-                    if file.parent().is_some_and(|dir| !dir.is_dir()) {
-                        self.error(
-                            Problem::warning(format!(
-                                "the audit log's directory `{}` does not exist: audit records are lost until it does",
-                                file.parent().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
-                            ))
-                            .at(path.span())
-                            .help("create it, writable by the gateway's user (systemd: LogsDirectory=), or write to stdout with path = \"-\""),
-                        );
-                    }
-                    crate::audit::AuditTarget::File(file)
-                }
-                _ => crate::audit::AuditTarget::Stdout,
-            },
-            capacity: self.count(audit.capacity, 10_000, 10_000_000, "capacity"),
-        };
+        let audit = self.audit(audit);
         let backends = self.backends(backends_value, &mut spans);
         let routes = self.routes(routes_value, &backends);
 
@@ -559,6 +540,28 @@ impl Check<'_> {
             http,
             redirect_port,
         })
+    }
+
+    fn audit(&mut self, raw: raw::Audit) -> AuditSettings {
+        let capacity = self.count(raw.capacity, 10_000, 10_000_000, "capacity");
+        let target = match raw.path {
+            Some(path) if path.get_ref() != "-" => {
+                let file = self.path(path.get_ref());
+                if let Some(dir) = file.parent().filter(|dir| !dir.is_dir()) {
+                    self.error(
+                        Problem::warning(format!(
+                            "the audit log's directory `{}` does not exist: audit records are lost until it does",
+                            dir.display()
+                        ))
+                        .at(path.span())
+                        .help("create it, writable by the gateway's user (systemd: LogsDirectory=), or write to stdout with path = \"-\""),
+                    );
+                }
+                crate::audit::AuditTarget::File(file)
+            }
+            _ => crate::audit::AuditTarget::Stdout,
+        };
+        AuditSettings { target, capacity }
     }
 
     fn admin(&mut self, raw: raw::Admin, listen: Option<&Listen>) -> Vec<SocketAddr> {
