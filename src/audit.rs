@@ -29,7 +29,7 @@ pub struct DecisionRecord<'a> {
     pub kind: &'static str,
     pub request_id: &'a str,
     pub client: Option<&'a str>,
-    /// Verified user and account; null until credentials can be verified.
+    /// Verified user and account ids; null for anonymous callers.
     pub user: Option<&'a str>,
     pub account: Option<&'a str>,
     pub method: &'a str,

@@ -1,10 +1,13 @@
-//! Command line: `run`, `check`, `certs dev`, `demo`. Exit codes: 0 success,
+//! Command line: `run`, `check`, `certs dev`, `demo`, and the directory's admin
+//! commands `account`, `user`, `token`, `directory`. Exit codes: 0 success,
 //! 1 runtime failure, 2 usage error, 78 configuration error (EX_CONFIG).
 
 use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+mod admin;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +49,18 @@ pub enum Command {
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Accounts in the native directory: add, list, show, roles.
+    #[command(subcommand)]
+    Account(admin::AccountCommand),
+    /// Users in the native directory: add, list, show, passwd, (de)activate, roles.
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Access tokens: issue one for a service account, revoke a user's tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// The native directory's database: migrations.
+    #[command(subcommand)]
+    Directory(admin::DirectoryCommand),
     /// Print a shell completion script.
     ///
     /// bash: `portcullis completions bash > /etc/bash_completion.d/portcullis`;
@@ -105,6 +120,10 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Run(ConfigFile { config }) => run(&config),
         Command::Check(ConfigFile { config }) => check(&config),
         Command::Certs(CertsCommand::Dev { dir }) => certs_dev(&dir),
+        Command::Account(command) => admin::account(command),
+        Command::User(command) => admin::user(command),
+        Command::Token(command) => admin::token(command),
+        Command::Directory(command) => admin::directory(command),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

@@ -8,6 +8,7 @@
 //! by `tls.rs`, which reports into the same [`Report`].
 
 pub mod diagnostic;
+mod identity;
 mod raw;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,8 @@ use crate::route::{Access, HostPattern, Route, RouteTable, normalize_prefix};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "PORTCULLIS__";
+/// The token max age in seconds, as the seeds name it; overrides `[tokens] max_age`.
+pub const TOKEN_MAX_AGE_VARIABLE: &str = "SECURITY_TOKEN_MAX_AGE";
 
 /// A validated configuration. Every value in it has been checked.
 #[derive(Debug, Clone)]
@@ -44,6 +47,13 @@ pub struct Config {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; empty: nowhere.
     pub admin: Vec<SocketAddr>,
     pub audit: AuditSettings,
+    /// Where users live; without it no credential can be verified and only `public`
+    /// routes admit anyone.
+    pub directory: Option<DirectorySettings>,
+    pub tokens: TokenSettings,
+    /// Shared state for several instances; `None`: this instance alone.
+    pub redis: Option<RedisSettings>,
+    pub identity_headers: IdentityHeaderSettings,
     pub backends: BTreeMap<Arc<str>, Backend>,
     pub routes: RouteTable,
     /// Where each checked value came from, so later checks (certificates) can point at it.
@@ -101,6 +111,8 @@ pub struct ServerSettings {
     /// Idle upstream connections kept for reuse, across all backends.
     pub keepalive_pool_size: usize,
 }
+
+pub use identity::{DirectorySettings, IdentityHeaderSettings, RedisSettings, TokenSettings};
 
 /// Where decision records go and how many may wait to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +181,10 @@ pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("log", raw::keys_of::<raw::Log>()),
         ("admin", raw::keys_of::<raw::Admin>()),
         ("audit", raw::keys_of::<raw::Audit>()),
+        ("directory", raw::keys_of::<raw::Directory>()),
+        ("tokens", raw::keys_of::<raw::Tokens>()),
+        ("redis", raw::keys_of::<raw::Redis>()),
+        ("identity_headers", raw::keys_of::<raw::IdentityHeaders>()),
         ("backends.NAME", raw::keys_of::<raw::Backend>()),
         ("route", raw::keys_of::<raw::Route>()),
     ]
@@ -205,6 +221,10 @@ pub fn parse(path: &Path, text: String, env: impl IntoIterator<Item = (String, S
     let mut overrides: Vec<(Vec<String>, String, Range<usize>)> = env
         .into_iter()
         .filter_map(|(name, value)| {
+            // The seeds' variable for the token max age (DESIGN §3), in seconds.
+            if name == TOKEN_MAX_AGE_VARIABLE {
+                return Some((vec!["tokens".into(), "max_age".into()], name, value));
+            }
             let keys = name.strip_prefix(ENV_PREFIX)?;
             let keys: Vec<String> = keys.split("__").map(str::to_ascii_lowercase).collect();
             Some((keys, name, value))
@@ -237,6 +257,7 @@ pub fn parse(path: &Path, text: String, env: impl IntoIterator<Item = (String, S
     let mut check = Check {
         problems,
         broken_backends: Default::default(),
+        has_directory: false,
         base,
         sources: &sources,
     };
@@ -326,6 +347,8 @@ struct Check<'s> {
     broken_backends: std::collections::HashSet<String>,
     /// Directory relative paths resolve against: the configuration file's.
     base: PathBuf,
+    /// Whether a `[directory]` section is present (so tokens can be verified).
+    has_directory: bool,
     sources: &'s Sources,
 }
 
@@ -395,6 +418,22 @@ impl Check<'_> {
         let audit: raw::Audit = self
             .section("audit", root.remove("audit"))
             .unwrap_or_default();
+        let directory: Option<raw::Directory> = root
+            .get("directory")
+            .is_some()
+            .then(|| self.section("directory", root.remove("directory")))
+            .flatten();
+        let tokens: raw::Tokens = self
+            .section("tokens", root.remove("tokens"))
+            .unwrap_or_default();
+        let redis: Option<raw::Redis> = root
+            .get("redis")
+            .is_some()
+            .then(|| self.section("redis", root.remove("redis")))
+            .flatten();
+        let identity_headers: raw::IdentityHeaders = self
+            .section("identity_headers", root.remove("identity_headers"))
+            .unwrap_or_default();
         let backends_value = root.remove("backends");
         let routes_value = root.remove("route");
 
@@ -406,6 +445,11 @@ impl Check<'_> {
         let log = self.log(log);
         let admin = self.admin(admin, listen.as_ref());
         let audit = self.audit(audit);
+        self.has_directory = directory.is_some();
+        let tokens = self.tokens(tokens, directory.is_some());
+        let directory = directory.and_then(|directory| self.directory(directory));
+        let redis = redis.and_then(|redis| self.redis(redis));
+        let identity_headers = self.identity_headers(identity_headers);
         let backends = self.backends(backends_value, &mut spans);
         let routes = self.routes(routes_value, &backends);
 
@@ -418,6 +462,10 @@ impl Check<'_> {
             log,
             admin,
             audit,
+            directory,
+            tokens,
+            redis,
+            identity_headers,
             backends,
             routes,
             spans,
@@ -1030,13 +1078,21 @@ impl Check<'_> {
                 );
             }
             Some(Access::Public) => {}
+            Some(Access::Token | Access::TokenOrSession) if self.has_directory => {}
+            Some(Access::Session) => self.error(
+                Problem::warning(format!(
+                    "route `{id}` requires a web-login session, which this gateway does not offer yet: every request to it is refused with 401"
+                ))
+                .at(raw.auth.span())
+                .help("use `token` or `token-or-session` for API routes"),
+            ),
             Some(other) => self.error(
                 Problem::warning(format!(
-                    "route `{id}` requires `{}` credentials, which this gateway cannot verify yet: every request to it is refused with 401",
+                    "route `{id}` requires `{}` credentials, but there is no `[directory]` to verify them: every request to it is refused with 401",
                     other.name()
                 ))
                 .at(raw.auth.span())
-                .help("mark routes `public` until users and tokens are configured"),
+                .help("add `[directory]` and `[tokens]` (see deploy/portcullis.example.toml), or mark the route `public`"),
             ),
         }
         let (Some(host), Some(prefix), Some(backend), Some(access)) =

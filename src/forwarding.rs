@@ -5,7 +5,11 @@
 //! forwarding the gateway sets its own ([`ForwardedFor::headers`]). The reserved names
 //! live here and nowhere else; the proxy only applies these plans to pingora's headers.
 
+mod identity_headers;
+
 use std::net::IpAddr;
+
+pub use identity_headers::{IdentitySigner, Signed, identity_headers};
 
 use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;

@@ -11,11 +11,13 @@
 //! `redirect` know pingora; the others are plain Rust, tested on their own.
 
 pub mod config;
+pub mod secret;
 
 pub mod audit;
 pub mod canonical;
 pub mod forwarding;
 pub mod identity;
+pub mod token;
 pub mod policy;
 pub mod rate_limit;
 pub mod rejection;
@@ -25,6 +27,9 @@ pub mod proxy;
 pub mod redirect;
 pub mod server;
 pub mod tls;
+
+pub mod directory;
+pub mod store;
 
 pub mod cli;
 pub mod demo;

@@ -28,6 +28,8 @@ pub enum Decision {
     Refused,
     /// Permitted, but the backend failed (502/504).
     Failed,
+    /// The login endpoint issued a token.
+    TokenIssued,
 }
 
 impl Decision {
@@ -36,6 +38,7 @@ impl Decision {
             Self::Allowed => "allowed",
             Self::Refused => "refused",
             Self::Failed => "failed",
+            Self::TokenIssued => "token-issued",
         }
     }
 }

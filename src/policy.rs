@@ -2,8 +2,9 @@
 //!
 //! [`authorize`] is the only way to obtain a [`Permit`], and forwarding requires one,
 //! so no code path can reach a backend without passing here (CONVENTIONS 3).
-//! Today the rule is the route's `auth` mode: `public` routes admit anyone; every
-//! other mode needs a verified caller, and none can be verified yet.
+//! Today the rule is the route's `auth` mode: `public` routes admit anyone; `token`
+//! and `token-or-session` routes admit a caller with a verified token; `session`
+//! routes need a web-login session, which no caller has yet.
 
 use std::sync::Arc;
 
@@ -37,12 +38,17 @@ pub fn authorize(route: &Route, caller: &Caller) -> Result<Permit, Rejection> {
             route: route.id.clone(),
             backend: route.backend.clone(),
         }),
+        (Access::Token | Access::TokenOrSession, Caller::User(_)) => Ok(Permit {
+            route: route.id.clone(),
+            backend: route.backend.clone(),
+        }),
         // SECURITY: fail closed; a route that needs credentials never admits an
-        // anonymous caller.
+        // anonymous caller, and a session route is not reached with a token.
         (
             access @ (Access::Token | Access::Session | Access::TokenOrSession),
             Caller::Anonymous,
-        ) => Err(Rejection::Unauthenticated {
+        )
+        | (access @ Access::Session, Caller::User(_)) => Err(Rejection::Unauthenticated {
             route: route.id.to_string(),
             needed: access.name(),
         }),
@@ -69,6 +75,20 @@ mod tests {
         let permit = authorize(&route(Access::Public), &Caller::Anonymous).expect("permit");
         assert_eq!(permit.route(), "r");
         assert_eq!(permit.backend(), "b");
+    }
+
+    #[test]
+    fn token_routes_admit_verified_users_and_session_routes_do_not() {
+        let user = Caller::User(Arc::new(crate::identity::Identity {
+            user_id: 1,
+            account_id: 1,
+            email: "ann@example.com".into(),
+            roles: vec![],
+            account_roles: vec![],
+        }));
+        assert!(authorize(&route(Access::Token), &user).is_ok());
+        assert!(authorize(&route(Access::TokenOrSession), &user).is_ok());
+        assert!(authorize(&route(Access::Session), &user).is_err());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! request_filter:           canonicalize → strip → route → identify → rate limit → authorize
+//!                           (or the login endpoint, answered by the gateway)
 //! upstream_peer:            the permitted route's backend (needs a Permit)
-//! upstream_request_filter:  canonical path, forwarding headers
+//! upstream_request_filter:  canonical path, forwarding and identity headers
 //! response_filter:          HSTS and security headers
 //! fail_to_proxy:            backend failures as fixed 502/504 responses
 //! logging:                  log line, metrics and audit record per request
@@ -28,8 +29,9 @@ pub use snapshot::Snapshot;
 
 use crate::audit::Audit;
 use crate::canonical::canonicalize;
-use crate::forwarding::{ConnectionRewrite, ForwardedFor, Strip};
-use crate::identity::identify;
+use crate::forwarding::{ConnectionRewrite, ForwardedFor, Signed, Strip, identity_headers};
+use crate::identity::{Authenticator, Caller, IdentityError, LoginError};
+use crate::route::{Access, Route};
 use crate::metrics::Metrics;
 use crate::policy::{Permit, authorize};
 use crate::rejection::Rejection;
@@ -39,14 +41,22 @@ pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     audit: Arc<Audit>,
+    /// Verifies tokens and passwords; `None` without a directory.
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Gateway {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>, audit: Arc<Audit>) -> Self {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        audit: Arc<Audit>,
+        authenticator: Option<Arc<Authenticator>>,
+    ) -> Self {
         Self {
             snapshot,
             metrics,
             audit,
+            authenticator,
         }
     }
 }
@@ -64,11 +74,12 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
-        match admit(session, ctx) {
-            Ok(permit) => {
+        match self.admit(session, ctx).await {
+            Ok(Admission::Forward(permit)) => {
                 ctx.permit = Some(permit);
                 Ok(false)
             }
+            Ok(Admission::Answered) => Ok(true),
             Err(rejection) => {
                 respond::refuse(session, ctx, rejection).await?;
                 Ok(true)
@@ -131,9 +142,53 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// `request_filter`'s stages, in order; any of them may refuse.
-fn admit(session: &mut Session, ctx: &mut RequestContext) -> Result<Permit, Rejection> {
-    let snapshot = ctx.snapshot.clone();
+/// What `request_filter` decided.
+enum Admission {
+    /// Forward to the permitted backend.
+    Forward(Permit),
+    /// The gateway answered itself (the login endpoint).
+    Answered,
+}
+
+/// Longest login body read; larger ones get 413.
+const MAX_LOGIN_BODY: usize = 16 * 1024;
+
+impl Gateway {
+    /// `request_filter`'s stages, in order; any of them may refuse.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<Admission, Rejection> {
+        let snapshot = ctx.snapshot.clone();
+        let path = locate(session, ctx)?;
+        if let Some(authenticator) = &self.authenticator
+            && path == authenticator.login_path()
+        {
+            ctx.route = Some(LOGIN_ROUTE.into());
+            return login(session, ctx, authenticator).await;
+        }
+        let route = snapshot
+            .routes()
+            .find(ctx.host.as_deref(), &path)
+            .ok_or(Rejection::NoRoute)?;
+        ctx.route = Some(route.id.clone());
+
+        let caller = identify(route, session.req_header(), self.authenticator.as_deref()).await?;
+        if let Caller::User(identity) = &caller {
+            ctx.identity = Some(identity.clone());
+        }
+        snapshot.rate_limits().check(route, &caller)?;
+        authorize(route, &caller).map(Admission::Forward)
+    }
+}
+
+/// The route id under which login requests are logged and audited.
+pub const LOGIN_ROUTE: &str = "portcullis:login";
+
+/// Facts about the request, then strip: the client, the canonical target and the host.
+/// Returns the canonical path.
+fn locate(session: &mut Session, ctx: &mut RequestContext) -> Result<String, Rejection> {
     let peer = session
         .client_addr()
         .and_then(|address| address.as_inet())
@@ -144,7 +199,7 @@ fn admit(session: &mut Session, ctx: &mut RequestContext) -> Result<Permit, Reje
     let client = ForwardedFor::read(
         peer,
         &session.req_header().headers,
-        snapshot.trusted_proxies(),
+        ctx.snapshot.trusted_proxies(),
     );
     if let Some(id) = client.upstream_request_id() {
         ctx.request_id = id.to_owned();
@@ -156,17 +211,78 @@ fn admit(session: &mut Session, ctx: &mut RequestContext) -> Result<Permit, Reje
     let plan = Strip::plan(&session.req_header().headers);
     strip(session.req_header_mut(), &plan);
     ctx.host = context::request_host(session.req_header())?;
+    Ok(ctx.target.insert(target).path().to_owned())
+}
 
-    let path = ctx.target.insert(target).path();
-    let route = snapshot
-        .routes()
-        .find(ctx.host.as_deref(), path)
-        .ok_or(Rejection::NoRoute)?;
-    ctx.route = Some(route.id.clone());
+/// Who is calling: anonymous on public routes (a credential there is not even
+/// looked at), otherwise the verified owner of the token in `Authorization`.
+async fn identify(
+    route: &Route,
+    request: &RequestHeader,
+    authenticator: Option<&Authenticator>,
+) -> Result<Caller, Rejection> {
+    if route.access == Access::Public {
+        return Ok(Caller::Anonymous);
+    }
+    let mut values = request.headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Ok(Caller::Anonymous),
+        (Some(value), None) => value,
+        // SECURITY: two credentials; which one would a backend read?
+        (Some(_), Some(_)) => {
+            return Err(Rejection::InvalidCredentials {
+                reason: "several Authorization headers",
+            });
+        }
+    };
+    let Some(authenticator) = authenticator else {
+        return Err(Rejection::InvalidCredentials {
+            reason: "no directory configured to verify tokens",
+        });
+    };
+    match authenticator.identify(value.as_bytes()).await {
+        Ok(identity) => Ok(Caller::User(identity)),
+        Err(IdentityError::Invalid(reason)) => Err(Rejection::InvalidCredentials { reason }),
+        Err(IdentityError::Unavailable(cause)) => {
+            Err(Rejection::CredentialsUnavailable { cause })
+        }
+    }
+}
 
-    let caller = identify(route, &session.req_header().headers);
-    snapshot.rate_limits().check(route, &caller)?;
-    authorize(route, &caller)
+/// `POST /api/requestAuthToken`: reads the JSON body, checks the password, answers
+/// with a token.
+async fn login(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    authenticator: &Authenticator,
+) -> Result<Admission, Rejection> {
+    if session.req_header().method != http::Method::POST {
+        return Err(Rejection::LoginMethod);
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_LOGIN_BODY {
+                    return Err(Rejection::BodyTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return Err(Rejection::BadRequest),
+        }
+    }
+    match authenticator.login(&body).await {
+        Ok(issued) => {
+            respond::issued(session, ctx, &issued)
+                .await
+                .map_err(|e| Rejection::Internal(e.to_string()))?;
+            Ok(Admission::Answered)
+        }
+        Err(LoginError::Malformed) => Err(Rejection::MalformedLogin),
+        Err(LoginError::BadCredentials) => Err(Rejection::LoginFailed),
+        Err(LoginError::Unavailable(cause)) => Err(Rejection::CredentialsUnavailable { cause }),
+    }
 }
 
 /// Applies a [`Strip`] plan through pingora's header API, which keeps header-name case
@@ -195,12 +311,22 @@ fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result
             "forwarding facts missing",
         ));
     };
-    let uri: http::Uri = target
-        .path_and_query()
+    let path_and_query = target.path_and_query();
+    let uri: http::Uri = path_and_query
         .parse()
         .or_err(ErrorType::InternalError, "canonical target is not a URI")?;
     upstream_request.set_uri(uri);
     for (name, value) in client.headers(ctx.host.as_deref(), &ctx.request_id) {
+        upstream_request.insert_header(name, value)?;
+    }
+    let signed = Signed {
+        request_id: &ctx.request_id,
+        method: upstream_request.method.as_str(),
+        path_and_query: &path_and_query,
+        now: crate::directory::now(),
+    };
+    for (name, value) in identity_headers(ctx.identity.as_deref(), ctx.snapshot.signer(), &signed)
+    {
         upstream_request.insert_header(name, value)?;
     }
     Ok(())

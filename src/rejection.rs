@@ -19,6 +19,21 @@ pub enum Rejection {
     NoRoute,
     #[error("route `{route}` needs {needed} credentials and none were verified")]
     Unauthenticated { route: String, needed: &'static str },
+    /// A credential was presented and refused: malformed, forged, expired, revoked,
+    /// or its user is gone or inactive.
+    #[error("credentials refused: {reason}")]
+    InvalidCredentials { reason: &'static str },
+    /// Credentials could not be checked (a store is down, the password pool is full).
+    #[error("credentials cannot be checked: {cause}")]
+    CredentialsUnavailable { cause: String },
+    #[error("login request is not JSON with `email` and `password`")]
+    MalformedLogin,
+    #[error("login refused: wrong email or password, or inactive user")]
+    LoginFailed,
+    #[error("method not allowed on the login endpoint")]
+    LoginMethod,
+    #[error("request body too large")]
+    BodyTooLarge,
     #[error("backend `{backend}` refused or dropped the connection")]
     BackendUnreachable { backend: String },
     #[error("backend `{backend}` did not answer in time")]
@@ -33,46 +48,86 @@ pub struct Refusal {
     pub status: u16,
     /// A fixed JSON body; never contains request data or causes.
     pub body: &'static str,
-    /// `WWW-Authenticate` for 401s (RFC 9110 §11.6.1).
-    pub www_authenticate: Option<&'static str>,
+    /// Extra headers: `WWW-Authenticate` on 401s (RFC 9110 §11.6.1), `Retry-After` on
+    /// 503s, `Allow` on 405s.
+    pub headers: &'static [(&'static str, &'static str)],
 }
+
+const CHALLENGE: &[(&str, &str)] = &[("www-authenticate", r#"Bearer realm="portcullis""#)];
+// RFC 6750 §3.1: the token was presented and is not acceptable.
+const INVALID_TOKEN: &[(&str, &str)] = &[(
+    "www-authenticate",
+    r#"Bearer realm="portcullis", error="invalid_token""#,
+)];
+const RETRY_SOON: &[(&str, &str)] = &[("retry-after", "1")];
+const POST_ONLY: &[(&str, &str)] = &[("allow", "POST")];
 
 impl Rejection {
     pub fn response(&self) -> Refusal {
-        let (status, body, www_authenticate) = match self {
+        let (status, body, headers): (u16, &'static str, &'static [(&str, &str)]) = match self {
             Self::AmbiguousTarget(_) => (
                 400,
                 r#"{"status":400,"message":"Bad request: the request target is ambiguous."}"#,
-                None,
+                &[],
             ),
             Self::BadHost => (
                 400,
                 r#"{"status":400,"message":"Bad request: missing or invalid Host."}"#,
-                None,
+                &[],
             ),
-            Self::BadRequest => (400, r#"{"status":400,"message":"Bad request."}"#, None),
-            Self::NoRoute => (404, r#"{"status":404,"message":"Not found."}"#, None),
+            Self::BadRequest => (400, r#"{"status":400,"message":"Bad request."}"#, &[]),
+            Self::NoRoute => (404, r#"{"status":404,"message":"Not found."}"#, &[]),
             Self::Unauthenticated { .. } => (
                 401,
                 r#"{"status":401,"message":"Authentication required."}"#,
-                Some(r#"Bearer realm="portcullis""#),
+                CHALLENGE,
             ),
             Self::BackendUnreachable { .. } => (
                 502,
                 r#"{"status":502,"message":"Bad gateway: the service is unavailable."}"#,
-                None,
+                &[],
             ),
             Self::BackendTimeout { .. } => (
                 504,
                 r#"{"status":504,"message":"Gateway timeout: the service did not answer in time."}"#,
-                None,
+                &[],
             ),
-            Self::Internal(_) => (500, r#"{"status":500,"message":"Internal error."}"#, None),
+            Self::InvalidCredentials { .. } => (
+                401,
+                r#"{"status":401,"message":"Authentication failed: the token is invalid, expired or revoked."}"#,
+                INVALID_TOKEN,
+            ),
+            Self::CredentialsUnavailable { .. } => (
+                503,
+                r#"{"status":503,"message":"Service unavailable: credentials cannot be checked right now, retry shortly."}"#,
+                RETRY_SOON,
+            ),
+            Self::MalformedLogin => (
+                400,
+                r#"{"status":400,"message":"Bad request: send a JSON object {\"email\": \"...\", \"password\": \"...\"}."}"#,
+                &[],
+            ),
+            Self::LoginFailed => (
+                401,
+                r#"{"status":401,"message":"Wrong email or password."}"#,
+                CHALLENGE,
+            ),
+            Self::LoginMethod => (
+                405,
+                r#"{"status":405,"message":"Method not allowed: use POST."}"#,
+                POST_ONLY,
+            ),
+            Self::BodyTooLarge => (
+                413,
+                r#"{"status":413,"message":"Request body too large."}"#,
+                &[],
+            ),
+            Self::Internal(_) => (500, r#"{"status":500,"message":"Internal error."}"#, &[]),
         };
         Refusal {
             status,
             body,
-            www_authenticate,
+            headers,
         }
     }
 }
@@ -98,6 +153,16 @@ mod tests {
             Rejection::BackendTimeout {
                 backend: "secret-backend".into(),
             },
+            Rejection::InvalidCredentials {
+                reason: "secret reason",
+            },
+            Rejection::CredentialsUnavailable {
+                cause: "secret cause".into(),
+            },
+            Rejection::MalformedLogin,
+            Rejection::LoginFailed,
+            Rejection::LoginMethod,
+            Rejection::BodyTooLarge,
             Rejection::Internal("secret detail".into()),
         ];
         for rejection in rejections {
@@ -119,6 +184,11 @@ mod tests {
         }
         .response();
         assert_eq!(refusal.status, 401);
-        assert!(refusal.www_authenticate.is_some());
+        assert!(refusal.headers.iter().any(|(name, _)| *name == "www-authenticate"));
+        let refused = Rejection::InvalidCredentials { reason: "expired" }.response();
+        assert!(refused.headers.contains(&(
+            "www-authenticate",
+            r#"Bearer realm="portcullis", error="invalid_token""#
+        )));
     }
 }

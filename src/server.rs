@@ -27,6 +27,7 @@ pub use demo_backend::DemoBackend;
 
 use crate::audit::{Audit, AuditWriter};
 use crate::config::Config;
+use crate::identity::Authenticator;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Snapshot};
 use crate::redirect::Redirect;
@@ -41,6 +42,8 @@ pub enum StartError {
     Certificate(#[from] TlsError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::StartError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -79,6 +82,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     );
     metrics.certificate_served(pair.not_after.unix_timestamp());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
+    let authenticator = Authenticator::start(config)?;
 
     let server_conf = ServerConf {
         threads: config.server.threads,
@@ -94,7 +98,12 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
 
     let mut proxy = http_proxy_service_with_name(
         &conf,
-        Gateway::new(snapshot, metrics.clone(), Arc::new(audit)),
+        Gateway::new(
+            snapshot,
+            metrics.clone(),
+            Arc::new(audit),
+            authenticator.clone(),
+        ),
         "portcullis https",
     );
     for address in &config.listen.https {
@@ -140,7 +149,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     if !config.admin.is_empty() {
         let mut admin = Service::new(
             "portcullis admin".to_owned(),
-            HttpServer::new_app(Admin::new(metrics)),
+            HttpServer::new_app(Admin::new(metrics, authenticator)),
         );
         for address in &config.admin {
             admin.add_tcp(&address.to_string());

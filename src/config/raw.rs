@@ -12,7 +12,19 @@ use toml::Spanned;
 
 /// Top-level sections, for "unknown section" hints.
 pub const SECTIONS: &[&str] = &[
-    "listen", "tls", "hsts", "server", "log", "admin", "audit", "backends", "route",
+    "listen",
+    "tls",
+    "hsts",
+    "server",
+    "log",
+    "admin",
+    "audit",
+    "directory",
+    "tokens",
+    "redis",
+    "identity_headers",
+    "backends",
+    "route",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +74,42 @@ pub struct Log {
 pub struct Audit {
     pub path: Option<Spanned<String>>,
     pub capacity: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    pub database: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub timeout: Option<Spanned<DurationText>>,
+    pub change_poll: Option<Spanned<DurationText>>,
+    pub cache_ttl: Option<Spanned<DurationText>>,
+    pub bcrypt_cost: Option<Spanned<i64>>,
+    pub password_workers: Option<Spanned<i64>>,
+    pub password_queue: Option<Spanned<i64>>,
+    pub login_path: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    pub secrets: Option<Spanned<StringList>>,
+    pub max_age: Option<Spanned<DurationText>>,
+    pub clock_skew: Option<Spanned<DurationText>>,
+    pub cache_capacity: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<DurationText>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeaders {
+    pub signing_secret: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

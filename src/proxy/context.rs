@@ -24,6 +24,10 @@ pub struct RequestContext {
     /// The host as received (`Host` or `:authority`), once validated.
     pub host: Option<String>,
     pub route: Option<Arc<str>>,
+    /// The verified caller, for identity headers and the audit record.
+    pub identity: Option<Arc<crate::identity::Identity>>,
+    /// The user the login endpoint issued a token to.
+    pub issued_to: Option<crate::directory::UserId>,
     /// Set only by `authorize`; `upstream_peer` refuses to run without it.
     pub permit: Option<Permit>,
     /// Why the gateway answered itself, for the log.
@@ -40,6 +44,8 @@ impl RequestContext {
             target: None,
             host: None,
             route: None,
+            identity: None,
+            issued_to: None,
             permit: None,
             refusal: None,
         }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::HeaderValue;
 use http::header::{
-    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, STRICT_TRANSPORT_SECURITY, WWW_AUTHENTICATE,
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, STRICT_TRANSPORT_SECURITY,
 };
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
@@ -31,8 +31,8 @@ pub async fn refuse(
     header.insert_header(CONTENT_TYPE, "application/json")?;
     header.insert_header(CONTENT_LENGTH, refusal.body.len().to_string())?;
     header.insert_header(CACHE_CONTROL, "no-store")?;
-    if let Some(challenge) = refusal.www_authenticate {
-        header.insert_header(WWW_AUTHENTICATE, challenge)?;
+    for (name, value) in refusal.headers {
+        header.insert_header(*name, *value)?;
     }
     secure(&mut header, ctx)?;
     let head_only = session.req_header().method == http::Method::HEAD;
@@ -44,6 +44,33 @@ pub async fn refuse(
             .write_response_body(Some(Bytes::from_static(refusal.body.as_bytes())), true)
             .await?;
     }
+    Ok(())
+}
+
+/// The login endpoint's answer: `{"auth_token": …, "user_id": …}` (the shape
+/// FlexMeasures clients expect).
+pub async fn issued(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    issued: &crate::identity::Issued,
+) -> Result<()> {
+    ctx.issued_to = Some(issued.user_id);
+    let body = serde_json::json!({
+        "auth_token": issued.token.expose(),
+        "user_id": issued.user_id,
+    })
+    .to_string();
+    let mut header = ResponseHeader::build(200, Some(8))?;
+    header.insert_header(CONTENT_TYPE, "application/json")?;
+    header.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+    header.insert_header(CACHE_CONTROL, "no-store")?;
+    secure(&mut header, ctx)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
     Ok(())
 }
 
@@ -123,10 +150,21 @@ pub fn log(
     let seconds = ctx.started.elapsed().as_secs_f64();
     let latency_ms = seconds * 1000.0;
     let decision = match (ctx.permit.is_some(), ctx.refusal.is_some()) {
+        _ if ctx.issued_to.is_some() => Decision::TokenIssued,
         (true, false) => Decision::Allowed,
         (true, true) => Decision::Failed,
         (false, _) => Decision::Refused,
     };
+    let user = ctx
+        .identity
+        .as_ref()
+        .map(|identity| identity.user_id)
+        .or(ctx.issued_to)
+        .map(|id| id.to_string());
+    let account = ctx
+        .identity
+        .as_ref()
+        .map(|identity| identity.account_id.to_string());
     metrics.request(
         ctx.route.as_deref().unwrap_or("-"),
         decision,
@@ -143,8 +181,8 @@ pub fn log(
         kind: "decision",
         request_id: &ctx.request_id,
         client: client.as_deref(),
-        user: None,
-        account: None,
+        user: user.as_deref(),
+        account: account.as_deref(),
         method: session.req_header().method.as_str(),
         path: ctx.target.as_ref().map(|target| target.path()),
         route: ctx.route.as_deref(),

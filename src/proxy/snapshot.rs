@@ -12,7 +12,7 @@ use pingora::prelude::HttpPeer;
 use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
 use crate::config::{Backend, Config};
-use crate::forwarding::TrustedProxies;
+use crate::forwarding::{IdentitySigner, TrustedProxies};
 use crate::rate_limit::RateLimits;
 use crate::route::RouteTable;
 use crate::tls::{TlsError, backend_ca};
@@ -24,6 +24,7 @@ pub struct Snapshot {
     hsts: HeaderValue,
     trusted_proxies: TrustedProxies,
     rate_limits: RateLimits,
+    signer: Option<IdentitySigner>,
 }
 
 impl Snapshot {
@@ -40,6 +41,11 @@ impl Snapshot {
                 .unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000")),
             trusted_proxies: config.server.trusted_proxies.clone(),
             rate_limits: RateLimits::default(),
+            signer: config
+                .identity_headers
+                .signing_secret
+                .as_ref()
+                .map(|secret| IdentitySigner::new(secret.expose())),
         })
     }
 
@@ -53,6 +59,11 @@ impl Snapshot {
 
     pub fn rate_limits(&self) -> &RateLimits {
         &self.rate_limits
+    }
+
+    /// Signs identity headers, when configured.
+    pub fn signer(&self) -> Option<&IdentitySigner> {
+        self.signer.as_ref()
     }
 
     pub fn hsts(&self) -> &HeaderValue {

@@ -7,16 +7,39 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::identity::Authenticator;
 use crate::metrics::Metrics;
 
 /// Serves operational endpoints; never proxies.
 pub struct Admin {
     metrics: Arc<Metrics>,
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Arc<Metrics>, authenticator: Option<Arc<Authenticator>>) -> Self {
+        Self {
+            metrics,
+            authenticator,
+        }
+    }
+
+    /// Ready: the listeners are up and the directory (and Redis, when configured)
+    /// answer, so tokens can be checked.
+    async fn readiness(&self) -> (StatusCode, Vec<u8>) {
+        let Some(authenticator) = &self.authenticator else {
+            return (StatusCode::OK, b"ready\n".to_vec());
+        };
+        match authenticator.ready().await {
+            Ok(()) => (StatusCode::OK, b"ready\n".to_vec()),
+            Err(error) => {
+                tracing::warn!(%error, "not ready");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    b"not ready: the directory or redis does not answer\n".to_vec(),
+                )
+            }
+        }
     }
 }
 
@@ -32,10 +55,10 @@ impl ServeHttp for Admin {
             ),
             // Alive: this process answers.
             (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            // Ready: the listeners are up and nothing the gateway depends on is down. No
-            // external dependency (directory, Redis) is configured yet, so answering is
-            // being ready.
-            (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+            (&Method::GET, "/readyz") => {
+                let (status, body) = self.readiness().await;
+                (status, "text/plain", body)
+            }
             (_, "/metrics" | "/healthz" | "/readyz") => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",

@@ -1,0 +1,55 @@
+//! Access-token codecs: what a token looks like and whether its signature and age
+//! hold. Whether its user still exists, is active and has not revoked it is decided
+//! by `identity`, which owns the directory and the caches.
+//!
+//! `native` is the seeds' scheme (DESIGN §3). Tokens arrive raw in `Authorization`
+//! (FlexMeasures clients send no scheme) or as `Bearer <token>`.
+
+mod native;
+
+pub use native::{Claims, NATIVE_EPOCH, TokenKeys, password_crypt, password_crypt_matches};
+
+/// Longest token accepted; anything longer is refused before any decoding.
+pub const MAX_TOKEN_LENGTH: usize = 2048;
+
+/// Why a token was refused. Callers log the kind, never the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token issued in the future")]
+    FromTheFuture,
+}
+
+/// The token in an `Authorization` header value: the raw value, or what follows
+/// `Bearer ` (any case). `None` when the header is empty or not a plausible token.
+pub fn from_authorization(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let token = match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        Some(_) => return None,
+        None => value,
+    };
+    (!token.is_empty() && token.len() <= MAX_TOKEN_LENGTH && token.is_ascii()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_raw_or_as_bearer() {
+        assert_eq!(from_authorization(b"abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(from_authorization(b"Bearer abc.def"), Some("abc.def"));
+        assert_eq!(from_authorization(b"bearer   abc"), Some("abc"));
+        assert_eq!(from_authorization(b"Basic dXNlcjpwdw=="), None);
+        assert_eq!(from_authorization(b""), None);
+        assert_eq!(from_authorization(b"Bearer "), None);
+        let long = vec![b'a'; MAX_TOKEN_LENGTH + 1];
+        assert_eq!(from_authorization(&long), None);
+    }
+}
