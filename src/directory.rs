@@ -288,10 +288,16 @@ impl Directory {
     }
 
     /// Sets a new password hash; every earlier token of the user stops working.
-    pub async fn set_password(&self, email: &str, password_hash: &str) -> Result<(), DirectoryError> {
+    pub async fn set_password(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<(), DirectoryError> {
         let user = self.user(email).await?;
         let at = not_before_now();
-        self.database.set_password(user.id, password_hash, at).await?;
+        self.database
+            .set_password(user.id, password_hash, at)
+            .await?;
         self.share_revocation(user.id, at).await?;
         Ok(())
     }

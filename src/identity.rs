@@ -175,10 +175,18 @@ pub fn open_directory(config: &Config) -> Result<Option<Directory>, StoreError> 
         settings.timeout,
     )?;
     let cluster = match &config.redis {
-        Some(redis) => Some(Cluster::open(redis.url.expose(), redis.timeout)?),
+        Some(redis) => Some(Cluster::open(
+            redis.url.expose(),
+            &redis.prefix,
+            redis.timeout,
+        )?),
         None => None,
     };
-    Ok(Some(Directory::new(database, cluster, config.tokens.max_age)))
+    Ok(Some(Directory::new(
+        database,
+        cluster,
+        config.tokens.max_age,
+    )))
 }
 
 impl Authenticator {
@@ -188,8 +196,12 @@ impl Authenticator {
         let Some(settings) = &config.directory else {
             return Ok(None);
         };
-        let secrets: Vec<Secret<Vec<u8>>> =
-            config.tokens.secrets.iter().map(|(_, s)| s.clone()).collect();
+        let secrets: Vec<Secret<Vec<u8>>> = config
+            .tokens
+            .secrets
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect();
         let Some(keys) = TokenKeys::new(&secrets, config.tokens.max_age, config.tokens.clock_skew)
         else {
             return Ok(None);
@@ -205,21 +217,38 @@ impl Authenticator {
         let runtime = OwnedRuntime(Some(runtime));
         let directory = {
             let _guard = handle.enter();
-            Arc::new(open_directory(config).map_err(StartError::Store)?.ok_or_else(|| {
-                StartError::Store(StoreError::BadUrl("no directory".into()))
-            })?)
+            Arc::new(
+                open_directory(config)
+                    .map_err(StartError::Store)?
+                    .ok_or_else(|| StartError::Store(StoreError::BadUrl("no directory".into())))?,
+            )
         };
         // Migrations: a database that is down now is retried in the background; until
         // then token checks get 503.
+        // On a thread of its own: `start` may be called from inside another runtime.
         let migrating = directory.clone();
-        let migrated = handle.block_on(async move {
-            tokio::time::timeout(Duration::from_secs(30), migrating.database().migrate()).await
+        let migrate_on = handle.clone();
+        let migrated = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    migrate_on.block_on(async move {
+                        tokio::time::timeout(settings.timeout * 10, migrating.database().migrate())
+                            .await
+                    })
+                })
+                .join()
         });
-        match migrated {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "directory migrations not applied yet"),
-            Err(_) => tracing::warn!("directory migrations timed out"),
-        }
+        let migrated = match migrated {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%error, "directory migrations not applied yet; retrying in the background");
+                false
+            }
+            _ => {
+                tracing::warn!("directory migrations timed out; retrying in the background");
+                false
+            }
+        };
         let ttl = config.tokens.max_age.min(Duration::from_secs(24 * 3600));
         let caches = Arc::new(Caches {
             users: Cache::builder()
@@ -231,8 +260,18 @@ impl Authenticator {
                 .time_to_live(ttl)
                 .build(),
         });
-        let freshness = feed::start(&handle, directory.clone(), caches.clone(), settings.change_poll);
-        let pool = BlockingPool::new(handle.clone(), settings.password_workers, settings.password_queue);
+        let freshness = feed::start(
+            &handle,
+            directory.clone(),
+            caches.clone(),
+            settings.change_poll,
+            migrated,
+        );
+        let pool = BlockingPool::new(
+            handle.clone(),
+            settings.password_workers,
+            settings.password_queue,
+        );
         let dummy_hash: Arc<str> = password::dummy_hash(settings.bcrypt_cost).into();
         Ok(Some(Arc::new(Self {
             runtime,

@@ -17,11 +17,11 @@ pub mod audit;
 pub mod canonical;
 pub mod forwarding;
 pub mod identity;
-pub mod token;
 pub mod policy;
 pub mod rate_limit;
 pub mod rejection;
 pub mod route;
+pub mod token;
 
 pub mod proxy;
 pub mod redirect;

@@ -31,10 +31,10 @@ use crate::audit::Audit;
 use crate::canonical::canonicalize;
 use crate::forwarding::{ConnectionRewrite, ForwardedFor, Signed, Strip, identity_headers};
 use crate::identity::{Authenticator, Caller, IdentityError, LoginError};
-use crate::route::{Access, Route};
 use crate::metrics::Metrics;
 use crate::policy::{Permit, authorize};
 use crate::rejection::Rejection;
+use crate::route::{Access, Route};
 
 /// The gateway's proxy logic; everything reloadable lives in the snapshot.
 pub struct Gateway {
@@ -243,9 +243,7 @@ async fn identify(
     match authenticator.identify(value.as_bytes()).await {
         Ok(identity) => Ok(Caller::User(identity)),
         Err(IdentityError::Invalid(reason)) => Err(Rejection::InvalidCredentials { reason }),
-        Err(IdentityError::Unavailable(cause)) => {
-            Err(Rejection::CredentialsUnavailable { cause })
-        }
+        Err(IdentityError::Unavailable(cause)) => Err(Rejection::CredentialsUnavailable { cause }),
     }
 }
 
@@ -325,8 +323,7 @@ fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result
         path_and_query: &path_and_query,
         now: crate::directory::now(),
     };
-    for (name, value) in identity_headers(ctx.identity.as_deref(), ctx.snapshot.signer(), &signed)
-    {
+    for (name, value) in identity_headers(ctx.identity.as_deref(), ctx.snapshot.signer(), &signed) {
         upstream_request.insert_header(name, value)?;
     }
     Ok(())

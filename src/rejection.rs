@@ -184,7 +184,12 @@ mod tests {
         }
         .response();
         assert_eq!(refusal.status, 401);
-        assert!(refusal.headers.iter().any(|(name, _)| *name == "www-authenticate"));
+        assert!(
+            refusal
+                .headers
+                .iter()
+                .any(|(name, _)| *name == "www-authenticate")
+        );
         let refused = Rejection::InvalidCredentials { reason: "expired" }.response();
         assert!(refused.headers.contains(&(
             "www-authenticate",

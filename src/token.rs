@@ -32,6 +32,7 @@ pub fn from_authorization(value: &[u8]) -> Option<&str> {
     let token = match value.split_once(' ') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
         Some(_) => return None,
+        None if value.eq_ignore_ascii_case("bearer") => return None,
         None => value,
     };
     (!token.is_empty() && token.len() <= MAX_TOKEN_LENGTH && token.is_ascii()).then_some(token)

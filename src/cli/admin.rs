@@ -281,7 +281,8 @@ fn read_password(from_stdin: bool) -> Result<Secret<String>, Failure> {
     }
     if !std::io::stdin().is_terminal() {
         return Err(Failure(
-            "standard input is not a terminal; pass --password-stdin to read the password from it".into(),
+            "standard input is not a terminal; pass --password-stdin to read the password from it"
+                .into(),
             2,
         ));
     }
@@ -313,7 +314,10 @@ fn roles_text(roles: &[String]) -> String {
 fn timestamp(seconds: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(seconds)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| seconds.to_string())
 }
 
@@ -399,7 +403,10 @@ pub fn user(command: UserCommand) -> ExitCode {
             let id = directory
                 .add_user(&account, &email, &hash, &roles, new_role)
                 .await?;
-            Ok(format!("added user `{}` (id {id}) to account `{account}`", email.trim().to_lowercase()))
+            Ok(format!(
+                "added user `{}` (id {id}) to account `{account}`",
+                email.trim().to_lowercase()
+            ))
         }),
         UserCommand::List { account, config } => {
             with_directory(&config.config, async |_, directory| {
@@ -450,7 +457,9 @@ pub fn user(command: UserCommand) -> ExitCode {
             directory.user(&email).await?;
             let hash = new_hash(config, password_stdin)?;
             directory.set_password(&email, &hash).await?;
-            Ok(format!("password of `{email}` changed; earlier tokens no longer work"))
+            Ok(format!(
+                "password of `{email}` changed; earlier tokens no longer work"
+            ))
         }),
         UserCommand::Deactivate { email, config } => {
             with_directory(&config.config, async |_, directory| {
@@ -496,10 +505,17 @@ pub fn token(command: TokenCommand) -> ExitCode {
                         EXIT_FAILURE,
                     ));
                 }
-                let secrets: Vec<Secret<Vec<u8>>> =
-                    config.tokens.secrets.iter().map(|(_, s)| s.clone()).collect();
-                let keys = TokenKeys::new(&secrets, config.tokens.max_age, config.tokens.clock_skew)
-                    .ok_or_else(|| Failure("no [tokens] secrets configured".into(), EXIT_CONFIG))?;
+                let secrets: Vec<Secret<Vec<u8>>> = config
+                    .tokens
+                    .secrets
+                    .iter()
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                let keys =
+                    TokenKeys::new(&secrets, config.tokens.max_age, config.tokens.clock_skew)
+                        .ok_or_else(|| {
+                            Failure("no [tokens] secrets configured".into(), EXIT_CONFIG)
+                        })?;
                 let crypt = token::password_crypt(user.password_hash.expose());
                 let issued_at = crate::directory::now().max(user.tokens_not_before);
                 let token = keys.issue(user.id, &crypt, issued_at);
@@ -526,8 +542,8 @@ pub fn token(command: TokenCommand) -> ExitCode {
 
 pub fn directory(command: DirectoryCommand) -> ExitCode {
     match command {
-        DirectoryCommand::Migrate { config } => {
-            with_directory(&config.config, async |_, _| Ok("directory is up to date".into()))
-        }
+        DirectoryCommand::Migrate { config } => with_directory(&config.config, async |_, _| {
+            Ok("directory is up to date".into())
+        }),
     }
 }

@@ -47,6 +47,8 @@ pub struct TokenSettings {
 pub struct RedisSettings {
     /// May hold a password, never log it.
     pub url: Secret<String>,
+    /// Starts every key and channel name, so deployments can share a Redis.
+    pub prefix: String,
     pub timeout: Duration,
 }
 
@@ -57,7 +59,11 @@ pub struct IdentityHeaderSettings {
 }
 
 impl Check<'_> {
-    fn secret(&mut self, text: &toml::Spanned<String>, key: &str) -> Option<(SecretSource, Secret<Vec<u8>>)> {
+    fn secret(
+        &mut self,
+        text: &toml::Spanned<String>,
+        key: &str,
+    ) -> Option<(SecretSource, Secret<Vec<u8>>)> {
         let parsed = SecretSource::parse(text.get_ref(), &self.base).and_then(|source| {
             let secret = source.read()?;
             Ok((source, secret))
@@ -183,7 +189,10 @@ impl Check<'_> {
                 return None;
             }
             let file = self.path(path);
-            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+            if let Some(dir) = file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
                 self.error(
                     Problem::warning(format!(
                         "the directory `{}` of the SQLite database does not exist",
@@ -225,10 +234,9 @@ impl Check<'_> {
             "timeout",
         );
         let Some(url) = raw.url else {
-            self.error(
-                Problem::error("`[redis]` needs `url`")
-                    .help("`url = \"redis://127.0.0.1:6379\"`; put a password in PORTCULLIS__REDIS__URL"),
-            );
+            self.error(Problem::error("`[redis]` needs `url`").help(
+                "`url = \"redis://127.0.0.1:6379\"`; put a password in PORTCULLIS__REDIS__URL",
+            ));
             return None;
         };
         if !(url.get_ref().starts_with("redis://")) {
@@ -239,8 +247,29 @@ impl Check<'_> {
             );
             return None;
         }
+        let prefix = match raw.prefix {
+            None => "portcullis".to_owned(),
+            Some(prefix) => {
+                let valid = !prefix.get_ref().is_empty()
+                    && prefix.get_ref().len() <= 64
+                    && prefix
+                        .get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+                if !valid {
+                    self.error(
+                        Problem::error(
+                            "`prefix` must be 1 to 64 letters, digits, `-`, `_`, `.` or `:`",
+                        )
+                        .at(prefix.span()),
+                    );
+                }
+                prefix.into_inner()
+            }
+        };
         Some(RedisSettings {
             url: Secret::new(url.into_inner()),
+            prefix,
             timeout,
         })
     }

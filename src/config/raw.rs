@@ -103,6 +103,7 @@ pub struct Tokens {
 #[serde(deny_unknown_fields)]
 pub struct Redis {
     pub url: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
     pub timeout: Option<Spanned<DurationText>>,
 }
 

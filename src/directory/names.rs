@@ -20,15 +20,15 @@ pub const KNOWN_ACCOUNT_ROLES: &[&str] = &[
 pub enum NameError {
     #[error("`{0}` is not a valid email address")]
     Email(String),
-    #[error(
-        "`{0}` is not a valid role name: use 1 to 64 letters, digits, `-`, `_` or `.`"
-    )]
+    #[error("`{0}` is not a valid role name: use 1 to 64 letters, digits, `-`, `_` or `.`")]
     Role(String),
     #[error(
         "unknown role `{name}`; did you mean `{nearest}`? (pass --new-role to create `{name}` as a new role)"
     )]
     ProbableTypo { name: String, nearest: String },
-    #[error("`{0}` is not a valid account name: use 1 to 100 characters without control characters")]
+    #[error(
+        "`{0}` is not a valid account name: use 1 to 100 characters without control characters"
+    )]
     Account(String),
 }
 
@@ -84,7 +84,11 @@ pub fn nearest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Opti
 
 /// Validates role names; a name that is not known but close to a known one is a
 /// probable typo unless `allow_new`. Returns the names deduplicated, in order.
-pub fn check_roles(roles: &[String], known: &[&str], allow_new: bool) -> Result<Vec<String>, NameError> {
+pub fn check_roles(
+    roles: &[String],
+    known: &[&str],
+    allow_new: bool,
+) -> Result<Vec<String>, NameError> {
     let mut checked: Vec<String> = Vec::with_capacity(roles.len());
     for role in roles {
         validate_role(role)?;
@@ -110,8 +114,18 @@ mod tests {
 
     #[test]
     fn emails_are_lower_cased_and_must_have_one_at() {
-        assert_eq!(normalize_email(" Ann@Example.COM "), Ok("ann@example.com".into()));
-        for bad in ["", "ann", "@example.com", "ann@", "a b@example.com", "a@b@c"] {
+        assert_eq!(
+            normalize_email(" Ann@Example.COM "),
+            Ok("ann@example.com".into())
+        );
+        for bad in [
+            "",
+            "ann",
+            "@example.com",
+            "ann@",
+            "a b@example.com",
+            "a@b@c",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
     }
@@ -126,7 +140,10 @@ mod tests {
                 nearest: "admin".into()
             })
         );
-        assert_eq!(check_roles(&["admn".into()], known, true), Ok(vec!["admn".into()]));
+        assert_eq!(
+            check_roles(&["admn".into()], known, true),
+            Ok(vec!["admn".into()])
+        );
         // A name far from every known role is a new custom role.
         assert_eq!(
             check_roles(&["MyService-subscriber".into()], known, false),

@@ -144,7 +144,10 @@ mod tests {
         let secret = b"backend shared secret of 32+ bytes!";
         let signer = IdentitySigner::new(secret);
         let headers = identity_headers(Some(&identity()), Some(&signer), &SIGNED);
-        let (_, value) = headers.iter().find(|(n, _)| n == SIGNATURE).expect("signed");
+        let (_, value) = headers
+            .iter()
+            .find(|(n, _)| n == SIGNATURE)
+            .expect("signed");
         let message = "v1\n1764000000\nrid\nGET\n/api/v3_0/assets?page=1\n7\n3\naccount-admin,consultant\nProsumer";
         let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let expected: String = hmac::sign(&key, message.as_bytes())
@@ -152,7 +155,10 @@ mod tests {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        assert_eq!(value.to_str().expect("ascii"), format!("t=1764000000,v1={expected}"));
+        assert_eq!(
+            value.to_str().expect("ascii"),
+            format!("t=1764000000,v1={expected}")
+        );
         // Anonymous requests are signed with empty identity lines.
         let anonymous = identity_headers(None, Some(&signer), &SIGNED);
         assert_eq!(anonymous.len(), 1);

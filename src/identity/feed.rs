@@ -1,6 +1,7 @@
 //! Keeps cached users honest: the change feed.
 //!
-//! Two tasks on the identity runtime. One polls the database's `directory_changes`
+//! Two tasks on the identity runtime. One applies migrations if that failed at start
+//! (the database was down), then polls the database's `directory_changes`
 //! every `change_poll` and forgets the users (or, for an account change, every user)
 //! named there. With Redis configured, the other listens to change notices so other
 //! instances' changes arrive within milliseconds, and pings Redis every 250 ms.
@@ -76,6 +77,7 @@ pub fn start(
     directory: Arc<Directory>,
     caches: Arc<dyn Forget>,
     poll: Duration,
+    migrated: bool,
 ) -> Arc<Freshness> {
     let freshness = Arc::new(Freshness::new(directory.cluster().is_some(), poll));
     runtime.spawn(poll_database(
@@ -83,6 +85,7 @@ pub fn start(
         caches.clone(),
         freshness.clone(),
         poll,
+        migrated,
     ));
     if directory.cluster().is_some() {
         runtime.spawn(listen_redis(directory, caches, freshness.clone()));
@@ -95,6 +98,7 @@ async fn poll_database(
     caches: Arc<dyn Forget>,
     freshness: Arc<Freshness>,
     poll: Duration,
+    mut migrated: bool,
 ) {
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -102,6 +106,15 @@ async fn poll_database(
     let mut failing = false;
     loop {
         ticker.tick().await;
+        if !migrated {
+            match directory.database().migrate().await {
+                Ok(()) => {
+                    tracing::info!("directory migrations applied");
+                    migrated = true;
+                }
+                Err(_) => continue,
+            }
+        }
         let result = match last {
             None => directory.database().latest_change().await.map(|seq| {
                 last = Some(seq);
@@ -134,7 +147,11 @@ async fn poll_database(
     }
 }
 
-async fn listen_redis(directory: Arc<Directory>, caches: Arc<dyn Forget>, freshness: Arc<Freshness>) {
+async fn listen_redis(
+    directory: Arc<Directory>,
+    caches: Arc<dyn Forget>,
+    freshness: Arc<Freshness>,
+) {
     let Some(cluster) = directory.cluster() else {
         return;
     };

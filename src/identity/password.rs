@@ -31,7 +31,10 @@ pub fn hash(password: &Secret<String>, cost: u32) -> Result<String, PasswordErro
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(PasswordError::TooShort);
     }
-    bcrypt::non_truncating_hash(password, cost).map_err(|e| PasswordError::Hashing(e.to_string()))
+    // `hash`, not `non_truncating_hash`: the crate counts bcrypt's NUL terminator, so
+    // the latter refuses exactly 72 bytes, which bcrypt itself accepts. Longer input was
+    // refused above, so nothing is truncated.
+    bcrypt::hash(password, cost).map_err(|e| PasswordError::Hashing(e.to_string()))
 }
 
 /// A hash no password matches, of the given cost, to spend the same time on unknown
@@ -49,9 +52,15 @@ pub fn verify(password: &Secret<String>, hash: Option<&str>, dummy: &str) -> boo
     let too_long = password.len() > MAX_PASSWORD_BYTES;
     let (candidate, hash) = match hash {
         Some(hash) if !too_long => (password.as_bytes(), hash),
-        _ => (&password.as_bytes()[..password.len().min(MAX_PASSWORD_BYTES)], dummy),
+        _ => (
+            password
+                .as_bytes()
+                .get(..MAX_PASSWORD_BYTES)
+                .unwrap_or(password.as_bytes()),
+            dummy,
+        ),
     };
-    let matched = bcrypt::non_truncating_verify(candidate, hash).unwrap_or(false);
+    let matched = bcrypt::verify(candidate, hash).unwrap_or(false);
     matched && hash != dummy
 }
 
@@ -81,7 +90,11 @@ mod tests {
         let exact = "y".repeat(72);
         let hashed = hash(&secret(&exact), 4).expect("72 bytes is fine");
         let dummy = dummy_hash(4);
-        assert!(!verify(&secret(&format!("{exact}zzz")), Some(&hashed), &dummy));
+        assert!(!verify(
+            &secret(&format!("{exact}zzz")),
+            Some(&hashed),
+            &dummy
+        ));
         assert!(verify(&secret(&exact), Some(&hashed), &dummy));
     }
 

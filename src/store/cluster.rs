@@ -1,9 +1,12 @@
 //! State that gateway instances share through Redis.
 //!
-//! - `portcullis:not-before:{user}`: Unix seconds; tokens of that user issued earlier
+//! Names start with the configured prefix (default `portcullis`), so several
+//! deployments can share one Redis.
+//!
+//! - `{prefix}:not-before:{user}`: Unix seconds; tokens of that user issued earlier
 //!   are refused. Expires after the token max age, when every such token has expired
 //!   anyway. Only ever moves forward (a Lua script compares and sets atomically).
-//! - channel `portcullis:changes`: `user:{id}` or `account:{id}` whenever a user or
+//! - channel `{prefix}:changes`: `user:{id}` or `account:{id}` whenever a user or
 //!   account changed, so every instance forgets what it cached about them.
 
 use std::time::Duration;
@@ -14,8 +17,6 @@ use redis::aio::MultiplexedConnection;
 
 use super::StoreError;
 use crate::directory::{Change, UserId};
-
-const CHANNEL: &str = "portcullis:changes";
 
 /// Sets the key to ARGV[1] unless it already holds a later time; expires in ARGV[2] s.
 const RAISE_NOT_BEFORE: &str = r"
@@ -30,6 +31,7 @@ pub struct Cluster {
     client: redis::Client,
     connection: ArcSwapOption<MultiplexedConnection>,
     timeout: Duration,
+    prefix: String,
 }
 
 /// Change notifications as they arrive; ends when the connection is lost.
@@ -43,26 +45,29 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
 
 impl Cluster {
     /// Parses the URL; connects on first use, so the gateway starts while Redis is down.
-    pub fn open(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+    pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
         Ok(Self {
             client,
             connection: ArcSwapOption::empty(),
             timeout,
+            prefix: prefix.to_owned(),
         })
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:changes", self.prefix)
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
         if let Some(connection) = self.connection.load_full() {
             return Ok((*connection).clone());
         }
-        let connection = tokio::time::timeout(
-            self.timeout,
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| unavailable("redis connect timed out"))?
-        .map_err(unavailable)?;
+        let connection =
+            tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| unavailable("redis connect timed out"))?
+                .map_err(unavailable)?;
         self.connection
             .store(Some(std::sync::Arc::new(connection.clone())));
         Ok(connection)
@@ -86,13 +91,13 @@ impl Cluster {
         self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
-    fn not_before_key(user: UserId) -> String {
-        format!("portcullis:not-before:{user}")
+    fn not_before_key(&self, user: UserId) -> String {
+        format!("{}:not-before:{user}", self.prefix)
     }
 
     /// The shared not-before time of `user`, if one is set.
     pub async fn not_before(&self, user: UserId) -> Result<Option<i64>, StoreError> {
-        self.query(redis::cmd("GET").arg(Self::not_before_key(user)))
+        self.query(redis::cmd("GET").arg(self.not_before_key(user)))
             .await
     }
 
@@ -107,7 +112,7 @@ impl Cluster {
         command
             .arg(RAISE_NOT_BEFORE)
             .arg(1)
-            .arg(Self::not_before_key(user))
+            .arg(self.not_before_key(user))
             .arg(at)
             .arg(keep.as_secs().max(1));
         self.query::<i64>(&command).await.map(drop)
@@ -120,7 +125,7 @@ impl Cluster {
             (None, Some(account)) => format!("account:{account}"),
             (None, None) => return Ok(()),
         };
-        self.query::<i64>(redis::cmd("PUBLISH").arg(CHANNEL).arg(message))
+        self.query::<i64>(redis::cmd("PUBLISH").arg(self.channel()).arg(message))
             .await
             .map(drop)
     }
@@ -131,7 +136,7 @@ impl Cluster {
             .await
             .map_err(|_| unavailable("redis connect timed out"))?
             .map_err(unavailable)?;
-        tokio::time::timeout(self.timeout, pubsub.subscribe(CHANNEL))
+        tokio::time::timeout(self.timeout, pubsub.subscribe(self.channel()))
             .await
             .map_err(|_| unavailable("redis subscribe timed out"))?
             .map_err(unavailable)?;

@@ -67,11 +67,7 @@ impl Database {
     /// Opens a pool: `sqlite:PATH` (created when missing) or `postgres://…`.
     /// Connections are made lazily, so a gateway starts while the database is down
     /// and recovers when it returns.
-    pub fn connect(
-        url: &str,
-        max_connections: u32,
-        timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| StoreError::BadUrl(e.to_string()))?
@@ -387,7 +383,12 @@ impl Database {
     }
 
     /// Activates or deactivates a user; deactivation also revokes every token.
-    pub async fn set_active(&self, user: UserId, active: bool, now: i64) -> Result<bool, StoreError> {
+    pub async fn set_active(
+        &self,
+        user: UserId,
+        active: bool,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let sql = if active {
             "UPDATE users SET active = TRUE, changed_at = $2 WHERE id = $3 AND $1 = $1"
         } else {

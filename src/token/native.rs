@@ -57,7 +57,11 @@ fn seconds(duration: Duration) -> i64 {
 
 impl TokenKeys {
     /// Keys from secrets, first one signing. `None` when there are none.
-    pub fn new(secrets: &[Secret<Vec<u8>>], max_age: Duration, clock_skew: Duration) -> Option<Self> {
+    pub fn new(
+        secrets: &[Secret<Vec<u8>>],
+        max_age: Duration,
+        clock_skew: Duration,
+    ) -> Option<Self> {
         if secrets.is_empty() {
             return None;
         }
@@ -90,7 +94,10 @@ impl TokenKeys {
         .unwrap_or_default();
         let since_epoch = u64::try_from(issued_at.saturating_sub(NATIVE_EPOCH)).unwrap_or(0);
         let bytes = since_epoch.to_be_bytes();
-        let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+        let first = bytes
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(bytes.len() - 1);
         let mut signed = URL_SAFE_NO_PAD.encode(payload);
         signed.push('.');
         signed.push_str(&URL_SAFE_NO_PAD.encode(bytes.get(first..).unwrap_or_default()));
@@ -137,8 +144,11 @@ impl TokenKeys {
             .get_mut(start..)
             .ok_or(TokenError::Malformed)?
             .copy_from_slice(&timestamp);
-        let since_epoch = i64::try_from(u64::from_be_bytes(bytes)).map_err(|_| TokenError::Malformed)?;
-        let issued_at = NATIVE_EPOCH.checked_add(since_epoch).ok_or(TokenError::Malformed)?;
+        let since_epoch =
+            i64::try_from(u64::from_be_bytes(bytes)).map_err(|_| TokenError::Malformed)?;
+        let issued_at = NATIVE_EPOCH
+            .checked_add(since_epoch)
+            .ok_or(TokenError::Malformed)?;
         if issued_at > now.saturating_add(self.clock_skew) {
             return Err(TokenError::FromTheFuture);
         }
@@ -148,7 +158,8 @@ impl TokenKeys {
         let payload = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| TokenError::Malformed)?;
-        let payload: Payload = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+        let payload: Payload =
+            serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         Ok(Claims {
             user_id: payload.uid,
             password_crypt: payload.pwh,
@@ -192,8 +203,12 @@ mod tests {
             .iter()
             .map(|s| Secret::new(s.as_bytes().to_vec()))
             .collect();
-        TokenKeys::new(&secrets, Duration::from_secs(21_600), Duration::from_secs(30))
-            .expect("keys")
+        TokenKeys::new(
+            &secrets,
+            Duration::from_secs(21_600),
+            Duration::from_secs(30),
+        )
+        .expect("keys")
     }
 
     #[test]
@@ -239,7 +254,11 @@ mod tests {
             format!("{}.{}.{flipped}", parts[0], parts[1]),
         ];
         for token in tampered {
-            assert_eq!(keys.decode(&token, NOW), Err(TokenError::BadSignature), "{token}");
+            assert_eq!(
+                keys.decode(&token, NOW),
+                Err(TokenError::BadSignature),
+                "{token}"
+            );
         }
         for malformed in ["", "a.b", "a.b.c!", &format!("{}.{}", parts[0], parts[1])] {
             assert!(keys.decode(malformed, NOW).is_err(), "{malformed}");
@@ -272,17 +291,27 @@ mod tests {
         ]);
         let stranger = keys(&["someone else's secret of thirty-two bytes"]);
         let token = old.issue(7, "h", NOW);
-        assert!(rotated.decode(&token, NOW).is_ok(), "old tokens survive rotation");
+        assert!(
+            rotated.decode(&token, NOW).is_ok(),
+            "old tokens survive rotation"
+        );
         assert_eq!(stranger.decode(&token, NOW), Err(TokenError::BadSignature));
         let fresh = rotated.issue(7, "h", NOW);
-        assert_eq!(old.decode(&fresh, NOW), Err(TokenError::BadSignature), "new key signs");
+        assert_eq!(
+            old.decode(&fresh, NOW),
+            Err(TokenError::BadSignature),
+            "new key signs"
+        );
     }
 
     #[test]
     fn the_password_crypt_binds_the_password_hash() {
         let crypt = password_crypt("$2b$12$abcdefghijklmnopqrstuv");
         assert!(crypt.starts_with("$5$"), "{crypt}");
-        assert!(password_crypt_matches(&crypt, "$2b$12$abcdefghijklmnopqrstuv"));
+        assert!(password_crypt_matches(
+            &crypt,
+            "$2b$12$abcdefghijklmnopqrstuv"
+        ));
         assert!(!password_crypt_matches(&crypt, "$2b$12$another-hash"));
         assert!(!password_crypt_matches("", "$2b$12$abcdefghijklmnopqrstuv"));
         assert!(!password_crypt_matches("garbage", "x"));

@@ -254,6 +254,8 @@ fn example_configuration_is_valid_and_documents_every_key() {
         .expect("certs")
         .write(dir.path())
         .expect("write");
+    let key = dir.path().join("secret.key");
+    std::fs::write(&key, "k".repeat(48)).expect("write key");
     let env = vec![
         (
             "PORTCULLIS__TLS__CERTIFICATE".to_owned(),
@@ -262,6 +264,14 @@ fn example_configuration_is_valid_and_documents_every_key() {
         (
             "PORTCULLIS__TLS__PRIVATE_KEY".to_owned(),
             paths.private_key.display().to_string(),
+        ),
+        (
+            "PORTCULLIS__TOKENS__SECRETS".to_owned(),
+            format!("file:{}", key.display()),
+        ),
+        (
+            "PORTCULLIS__IDENTITY_HEADERS__SIGNING_SECRET".to_owned(),
+            format!("file:{}", key.display()),
         ),
     ];
     let loaded = config::load_with_env(&example, env);
@@ -277,7 +287,16 @@ fn completions_cover_every_command() {
     for shell in ["bash", "zsh", "fish"] {
         let (code, stdout, stderr) = portcullis(&["completions", shell], &[]);
         assert_eq!(code, 0, "{shell}: {stderr}");
-        for command in ["run", "check", "certs", "demo"] {
+        for command in [
+            "run",
+            "check",
+            "certs",
+            "demo",
+            "account",
+            "user",
+            "token",
+            "directory",
+        ] {
             assert!(
                 stdout.contains(command),
                 "{shell} completion lacks `{command}`"

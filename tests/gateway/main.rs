@@ -9,6 +9,7 @@
 )]
 
 mod support;
+mod users;
 
 mod admin;
 mod audit;
@@ -21,3 +22,4 @@ mod headers;
 mod redirect;
 mod responses;
 mod shutdown;
+mod tokens;

@@ -236,6 +236,8 @@ pub struct TestGateway {
     pub ca_pem: String,
     /// Where this gateway writes its audit records.
     pub audit: std::path::PathBuf,
+    /// Its configuration file (for the admin CLI).
+    pub config: std::path::PathBuf,
     switch: ShutdownSwitch,
     thread: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -308,6 +310,7 @@ impl TestGateway {
             http: ports.http,
             admin: ports.admin,
             audit: dir.path().join("audit.jsonl"),
+            config: config_path,
             ca_pem: certificates.ca_pem,
             switch,
             thread: Some(thread),
@@ -446,6 +449,15 @@ impl TlsClient {
     pub async fn get(&self, target: &str, extra_headers: &str) -> Reply {
         let request = format!(
             "GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra_headers}Connection: close\r\n\r\n"
+        );
+        self.raw(request.as_bytes()).await
+    }
+
+    /// `POST target` with a body, over HTTP/1.1.
+    pub async fn post(&self, target: &str, content_type: &str, body: &str) -> Reply {
+        let request = format!(
+            "POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         );
         self.raw(request.as_bytes()).await
     }

@@ -1,0 +1,424 @@
+//! Users, login and tokens through the real gateway: SQLite by default, PostgreSQL
+//! and Redis for the multi-instance cases.
+
+use portcullis::secret::Secret;
+use portcullis::token::TokenKeys;
+
+use super::support::{ClosedPort, EchoBackend, admin_get};
+use super::users::{
+    PASSWORD, PostgresDatabase, SIGNING_SECRET, Stores, TOKEN_SECRET, cli_ok, eventually_status,
+    gateway, get_with, login, redis_url, seed, token,
+};
+
+fn keys() -> TokenKeys {
+    TokenKeys::new(
+        &[Secret::new(TOKEN_SECRET.as_bytes().to_vec())],
+        std::time::Duration::from_secs(21_600),
+        std::time::Duration::from_secs(30),
+    )
+    .expect("keys")
+}
+
+fn now() -> i64 {
+    portcullis::directory::now()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_issues_a_token_that_opens_token_routes_with_identity_headers() {
+    let backend = EchoBackend::start();
+    let gateway = gateway(&Stores::sqlite(), backend.address);
+    seed(&gateway.config);
+
+    let (status, json) = login(&gateway, "ANN@example.com", PASSWORD).await;
+    assert_eq!(status, 200, "{json}");
+    let token = json["auth_token"].as_str().expect("auth_token");
+    assert_eq!(json["user_id"], 1);
+
+    // Raw (as FlexMeasures clients send it) and as a bearer token.
+    for authorization in [token.to_owned(), format!("Bearer {token}")] {
+        let reply = gateway
+            .tls()
+            .get(
+                "/data",
+                &format!("Authorization: {authorization}\r\nX-Portcullis-Roles: admin\r\n"),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let received = backend.received();
+    assert_eq!(received.len(), 2);
+    for request in received {
+        assert_eq!(request.header("x-portcullis-user-id").as_deref(), Some("1"));
+        assert_eq!(
+            request.header("x-portcullis-account-id").as_deref(),
+            Some("1")
+        );
+        // The client's spoofed role is gone; the verified ones are set.
+        assert_eq!(
+            request.header("x-portcullis-roles").as_deref(),
+            Some("account-admin")
+        );
+        assert_eq!(
+            request.header("x-portcullis-account-roles").as_deref(),
+            Some("Prosumer")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_forged_and_tampered_tokens_get_401_with_a_challenge() {
+    let backend = EchoBackend::start();
+    let gateway = gateway(&Stores::sqlite(), backend.address);
+    seed(&gateway.config);
+    let token = token(&gateway).await;
+
+    let missing = gateway.tls().get("/data", "").await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(
+        missing.header("www-authenticate").as_deref(),
+        Some(r#"Bearer realm="portcullis""#)
+    );
+
+    let parts: Vec<&str> = token.split('.').collect();
+    let other_user = keys().issue(2, "$5$x$y", now());
+    let stranger = TokenKeys::new(
+        &[Secret::new(
+            b"another secret that is 32+ bytes long".to_vec(),
+        )],
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(1),
+    )
+    .expect("keys")
+    .issue(1, parts[0], now());
+    let forged = [
+        format!("{}x.{}.{}", parts[0], parts[1], parts[2]),
+        format!("{}.{}x.{}", parts[0], parts[1], parts[2]),
+        format!("{}.{}.{}x", parts[0], parts[1], parts[2]),
+        format!("{}.{}", parts[0], parts[1]),
+        stranger,
+        // Signed with the right key, but for a user that does not exist.
+        other_user,
+        "x".repeat(3000),
+    ];
+    for forged in forged {
+        let reply = gateway
+            .tls()
+            .get("/data", &format!("Authorization: {forged}\r\n"))
+            .await;
+        assert_eq!(reply.status, 401, "{forged:.40}");
+        assert_eq!(
+            reply.header("www-authenticate").as_deref(),
+            Some(r#"Bearer realm="portcullis", error="invalid_token""#)
+        );
+        assert!(!reply.text().contains(&forged[..20.min(forged.len())]));
+    }
+    // Two Authorization headers: refused, even if one is valid.
+    let reply = gateway
+        .tls()
+        .get(
+            "/data",
+            &format!("Authorization: {token}\r\nAuthorization: Bearer other\r\n"),
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+    // Public routes do not look at credentials at all.
+    assert_eq!(get_with(&gateway, "/public", "garbage").await, 200);
+    assert_eq!(
+        backend.received().len(),
+        1,
+        "only the public request got through"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_and_future_tokens_are_refused() {
+    let backend = EchoBackend::start();
+    let gateway = gateway(&Stores::sqlite(), backend.address);
+    seed(&gateway.config);
+    let valid = token(&gateway).await;
+    let claims = keys().decode(&valid, now()).expect("own token decodes");
+    let expired = keys().issue(1, &claims.password_crypt, now() - 21_601);
+    let almost = keys().issue(1, &claims.password_crypt, now() - 21_500);
+    let future = keys().issue(1, &claims.password_crypt, now() + 120);
+    assert_eq!(get_with(&gateway, "/data", &expired).await, 401);
+    assert_eq!(get_with(&gateway, "/data", &future).await, 401);
+    assert_eq!(get_with(&gateway, "/data", &almost).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_unknown_emails_and_inactive_users_get_one_uniform_401() {
+    let backend = EchoBackend::start();
+    let gateway = gateway(&Stores::sqlite(), backend.address);
+    seed(&gateway.config);
+    cli_ok(&gateway.config, &["account", "add", "Other"], None);
+    cli_ok(
+        &gateway.config,
+        &[
+            "user",
+            "add",
+            "--email",
+            "off@example.com",
+            "--account",
+            "Other",
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    cli_ok(
+        &gateway.config,
+        &["user", "deactivate", "off@example.com"],
+        None,
+    );
+
+    let (status, wrong) = login(&gateway, "ann@example.com", "wrong password!").await;
+    assert_eq!(status, 401);
+    let (status, unknown) = login(&gateway, "nobody@example.com", PASSWORD).await;
+    assert_eq!(status, 401);
+    let (status, inactive) = login(&gateway, "off@example.com", PASSWORD).await;
+    assert_eq!(status, 401);
+    let (status, long) = login(
+        &gateway,
+        "ann@example.com",
+        &format!("{PASSWORD}{}", "x".repeat(80)),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong, inactive);
+    assert_eq!(wrong, long);
+
+    let tls = gateway.tls();
+    let malformed = tls
+        .post("/api/requestAuthToken", "application/json", "{\"email\": 1")
+        .await;
+    assert_eq!(malformed.status, 400);
+    assert!(malformed.text().contains("email"), "says what to send");
+    let get = tls.get("/api/requestAuthToken", "").await;
+    assert_eq!(get.status, 405);
+    assert_eq!(get.header("allow").as_deref(), Some("POST"));
+    assert!(
+        backend.received().is_empty(),
+        "login never reaches the backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn password_change_deactivation_and_revocation_take_effect_at_once() {
+    let backend = EchoBackend::start();
+    let gateway = gateway(&Stores::sqlite(), backend.address);
+    seed(&gateway.config);
+
+    // Revocation: the token stops working; a new login works again.
+    let first = token(&gateway).await;
+    assert_eq!(get_with(&gateway, "/data", &first).await, 200);
+    cli_ok(
+        &gateway.config,
+        &["token", "revoke", "--user", "ann@example.com"],
+        None,
+    );
+    eventually_status(&gateway, &first, 401).await;
+    let second = token(&gateway).await;
+    assert_eq!(
+        get_with(&gateway, "/data", &second).await,
+        200,
+        "new tokens work after a revocation"
+    );
+
+    // Password change: earlier tokens stop working, the old password too.
+    cli_ok(
+        &gateway.config,
+        &["user", "passwd", "ann@example.com", "--password-stdin"],
+        Some("a brand new passphrase\n"),
+    );
+    eventually_status(&gateway, &second, 401).await;
+    assert_eq!(login(&gateway, "ann@example.com", PASSWORD).await.0, 401);
+    let (status, json) = login(&gateway, "ann@example.com", "a brand new passphrase").await;
+    assert_eq!(status, 200);
+    let third = json["auth_token"].as_str().expect("token").to_owned();
+    assert_eq!(get_with(&gateway, "/data", &third).await, 200);
+
+    // Deactivation.
+    cli_ok(
+        &gateway.config,
+        &["user", "deactivate", "ann@example.com"],
+        None,
+    );
+    eventually_status(&gateway, &third, 401).await;
+
+    // A token issued by the CLI for a service account works like a login's.
+    cli_ok(
+        &gateway.config,
+        &["user", "activate", "ann@example.com"],
+        None,
+    );
+    let issued = cli_ok(
+        &gateway.config,
+        &["token", "issue", "--user", "ann@example.com"],
+        None,
+    );
+    eventually_status(&gateway, issued.trim(), 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn role_changes_reach_the_identity_headers() {
+    let backend = EchoBackend::start();
+    let gateway = gateway(&Stores::sqlite(), backend.address);
+    seed(&gateway.config);
+    let token = token(&gateway).await;
+    assert_eq!(get_with(&gateway, "/data", &token).await, 200);
+    cli_ok(
+        &gateway.config,
+        &["user", "roles", "add", "ann@example.com", "consultant"],
+        None,
+    );
+    cli_ok(
+        &gateway.config,
+        &["account", "roles", "add", "Acme", "MyService-subscriber"],
+        None,
+    );
+    let deadline = std::time::Instant::now() + super::support::DEADLINE;
+    loop {
+        assert_eq!(get_with(&gateway, "/data", &token).await, 200);
+        let last = backend.received().pop().expect("received");
+        if last.header("x-portcullis-roles").as_deref() == Some("account-admin,consultant")
+            && last.header("x-portcullis-account-roles").as_deref()
+                == Some("MyService-subscriber,Prosumer")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "roles never updated");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_headers_carry_a_verifiable_signature_when_configured() {
+    let backend = EchoBackend::start();
+    let secret = SIGNING_SECRET;
+    let mut stores = Stores::sqlite();
+    stores.extra = "\n[identity_headers]\nsigning_secret = \"file:signing.key\"\n".into();
+    let gateway = gateway(&stores, backend.address);
+    seed(&gateway.config);
+    let token = token(&gateway).await;
+    assert_eq!(get_with(&gateway, "/data?x=1", &token).await, 200);
+    let request = backend.only();
+    let signature = request.header("x-portcullis-signature").expect("signed");
+    let (t, v1) = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .expect("t=…,v1=…");
+    let message = [
+        "v1",
+        t,
+        &request.header("x-request-id").expect("request id"),
+        "GET",
+        "/data?x=1",
+        "1",
+        "1",
+        "account-admin",
+        "Prosumer",
+    ]
+    .join("\n");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let expected: String = ring::hmac::sign(&key, message.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v1, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_fails_closed_with_503() {
+    let backend = EchoBackend::start();
+    let closed = ClosedPort::new();
+    let stores = Stores {
+        postgres: Some(format!("postgres://postgres@{}/portcullis", closed.address)),
+        redis: None,
+        extra: String::new(),
+    };
+    let gateway = gateway(&stores, backend.address);
+    // Correctly signed, so only the directory can decide; it cannot answer.
+    let token = keys().issue(1, "$5$x$y", now());
+    let reply = gateway
+        .tls()
+        .get("/data", &format!("Authorization: {token}\r\n"))
+        .await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after").as_deref(), Some("1"));
+    assert!(
+        !reply.text().contains("postgres"),
+        "no internals: {}",
+        reply.text()
+    );
+    let (status, _) = login(&gateway, "ann@example.com", PASSWORD).await;
+    assert_eq!(status, 503);
+    let ready = admin_get(
+        &gateway,
+        "GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(ready.status, 503);
+    assert!(backend.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_redis_fails_token_checks_closed() {
+    let backend = EchoBackend::start();
+    let closed = ClosedPort::new();
+    let stores = Stores {
+        postgres: None,
+        redis: Some((format!("redis://{}", closed.address), "unreachable".into())),
+        extra: String::new(),
+    };
+    let gateway = gateway(&stores, backend.address);
+    seed(&gateway.config);
+    // Correctly signed for an existing user: only Redis (shared revocations) is missing.
+    let token = keys().issue(1, "$5$x$y", now());
+    assert_eq!(get_with(&gateway, "/data", &token).await, 503);
+    assert!(backend.received().is_empty());
+    // The CLI saves a revocation without Redis and says other instances learn it later.
+    let output = super::users::cli(
+        &gateway.config,
+        &["token", "revoke", "--user", "ann@example.com"],
+        None,
+    );
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("change_poll"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_reaches_a_second_instance_through_postgres_and_redis() {
+    let backend = EchoBackend::start();
+    let database = PostgresDatabase::create();
+    let stores = Stores {
+        postgres: Some(database.url.clone()),
+        redis: Some((
+            redis_url(),
+            format!("test-{}", uuid::Uuid::new_v4().simple()),
+        )),
+        extra: String::new(),
+    };
+    let first = gateway(&stores, backend.address);
+    let second = gateway(&stores, backend.address);
+    seed(&first.config);
+    let token = token(&first).await;
+    eventually_status(&first, &token, 200).await;
+    eventually_status(&second, &token, 200).await;
+
+    cli_ok(
+        &first.config,
+        &["token", "revoke", "--user", "ann@example.com"],
+        None,
+    );
+    let on_first = eventually_status(&first, &token, 401).await;
+    let on_second = eventually_status(&second, &token, 401).await;
+    eprintln!("revocation seen after {on_first:?} (first) and {on_second:?} (second)");
+    // A fresh token from the second instance works on the first.
+    let fresh = super::users::token(&second).await;
+    eventually_status(&first, &fresh, 200).await;
+}
