@@ -418,6 +418,14 @@ impl Check<'_> {
         let audit: raw::Audit = self
             .section("audit", root.remove("audit"))
             .unwrap_or_default();
+        // Where a section's header is, for problems about the section as a whole.
+        let header = |name: &str| {
+            root.iter()
+                .find(|(key, _)| key.get_ref().as_ref() == name)
+                .map(|(key, _)| key.span())
+        };
+        let directory_span = header("directory");
+        let redis_span = header("redis");
         let directory: Option<raw::Directory> = root
             .get("directory")
             .is_some()
@@ -447,8 +455,8 @@ impl Check<'_> {
         let audit = self.audit(audit);
         self.has_directory = directory.is_some();
         let tokens = self.tokens(tokens, directory.is_some());
-        let directory = directory.and_then(|directory| self.directory(directory));
-        let redis = redis.and_then(|redis| self.redis(redis));
+        let directory = directory.and_then(|directory| self.directory(directory, directory_span));
+        let redis = redis.and_then(|redis| self.redis(redis, redis_span));
         let identity_headers = self.identity_headers(identity_headers);
         let backends = self.backends(backends_value, &mut spans);
         let routes = self.routes(routes_value, &backends);

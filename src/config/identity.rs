@@ -118,7 +118,11 @@ impl Check<'_> {
         }
     }
 
-    pub(super) fn directory(&mut self, raw: raw::Directory) -> Option<DirectorySettings> {
+    pub(super) fn directory(
+        &mut self,
+        raw: raw::Directory,
+        span: Option<std::ops::Range<usize>>,
+    ) -> Option<DirectorySettings> {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let max_connections = self.count(raw.max_connections, 8, 1000, "max_connections");
         let timeout = self.duration(
@@ -174,6 +178,7 @@ impl Check<'_> {
         let Some(database) = raw.database else {
             self.error(
                 Problem::error("`[directory]` needs `database`")
+                    .at_opt(span)
                     .help("`database = \"sqlite:portcullis.db\"` for one instance, `postgres://…` for several (put the password in PORTCULLIS__DIRECTORY__DATABASE)"),
             );
             return None;
@@ -226,27 +231,17 @@ impl Check<'_> {
         })
     }
 
-    pub(super) fn redis(&mut self, raw: raw::Redis) -> Option<RedisSettings> {
+    pub(super) fn redis(
+        &mut self,
+        raw: raw::Redis,
+        span: Option<std::ops::Range<usize>>,
+    ) -> Option<RedisSettings> {
         let timeout = self.duration(
             raw.timeout,
             Duration::from_millis(500),
             Duration::from_millis(10)..Duration::from_secs(61),
             "timeout",
         );
-        let Some(url) = raw.url else {
-            self.error(Problem::error("`[redis]` needs `url`").help(
-                "`url = \"redis://127.0.0.1:6379\"`; put a password in PORTCULLIS__REDIS__URL",
-            ));
-            return None;
-        };
-        if !(url.get_ref().starts_with("redis://")) {
-            self.error(
-                Problem::error("`url` must start with `redis://`")
-                    .at(url.span())
-                    .label("not a Redis URL"),
-            );
-            return None;
-        }
         let prefix = match raw.prefix {
             None => "portcullis".to_owned(),
             Some(prefix) => {
@@ -267,6 +262,20 @@ impl Check<'_> {
                 prefix.into_inner()
             }
         };
+        let Some(url) = raw.url else {
+            self.error(Problem::error("`[redis]` needs `url`").at_opt(span).help(
+                "`url = \"redis://127.0.0.1:6379\"`; put a password in PORTCULLIS__REDIS__URL",
+            ));
+            return None;
+        };
+        if !(url.get_ref().starts_with("redis://")) {
+            self.error(
+                Problem::error("`url` must start with `redis://`")
+                    .at(url.span())
+                    .label("not a Redis URL"),
+            );
+            return None;
+        }
         Some(RedisSettings {
             url: Secret::new(url.into_inner()),
             prefix,
