@@ -454,7 +454,7 @@ impl Check<'_> {
         let admin = self.admin(admin, listen.as_ref());
         let audit = self.audit(audit);
         self.has_directory = directory.is_some();
-        let tokens = self.tokens(tokens, directory.is_some());
+        let tokens = self.tokens(tokens, directory.as_ref().and(directory_span.clone()));
         let directory = directory.and_then(|directory| self.directory(directory, directory_span));
         let redis = redis.and_then(|redis| self.redis(redis, redis_span));
         let identity_headers = self.identity_headers(identity_headers);

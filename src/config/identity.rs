@@ -81,7 +81,13 @@ impl Check<'_> {
         }
     }
 
-    pub(super) fn tokens(&mut self, raw: raw::Tokens, has_directory: bool) -> TokenSettings {
+    /// `directory`: where the `[directory]` header is, when there is one (tokens then
+    /// need a secret).
+    pub(super) fn tokens(
+        &mut self,
+        raw: raw::Tokens,
+        directory: Option<std::ops::Range<usize>>,
+    ) -> TokenSettings {
         let max_age = self.duration(
             raw.max_age,
             DEFAULT_TOKEN_MAX_AGE,
@@ -104,8 +110,9 @@ impl Check<'_> {
                     secrets.extend(self.secret(&text, "secrets"));
                 }
             }
-            None if has_directory => self.error(
+            None if directory.is_some() => self.error(
                 Problem::error("tokens need a signing secret: `[tokens] secrets` is missing")
+                    .at_opt(directory)
                     .help("add `[tokens]` with `secrets = [\"env:PORTCULLIS_TOKEN_SECRET\"]` (or `file:PATH`); the first signs, all verify"),
             ),
             None => {}
