@@ -17,6 +17,7 @@ mod canonical_paths;
 mod certificates;
 mod config_errors;
 mod demo;
+mod directory_cli;
 mod failures;
 mod headers;
 mod redirect;
