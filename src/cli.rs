@@ -78,6 +78,9 @@ pub enum Command {
         /// Directory for the development certificates.
         #[arg(long, default_value = "certs")]
         certs: PathBuf,
+        /// Directory for the demo's users (SQLite), token secret and password.
+        #[arg(long, default_value = "demo-data")]
+        data: PathBuf,
         #[arg(long, default_value_t = 8443)]
         https_port: u16,
         #[arg(long, default_value_t = 8080)]
@@ -136,10 +139,19 @@ pub fn execute(cli: Cli) -> ExitCode {
         }
         Command::Demo {
             certs,
+            data,
             https_port,
             http_port,
             print_config,
-        } => demo(&certs, https_port, http_port, print_config),
+        } => demo(
+            &DemoPaths {
+                certs: &certs,
+                data: &data,
+            },
+            https_port,
+            http_port,
+            print_config,
+        ),
     }
 }
 
@@ -233,7 +245,14 @@ fn write_dev_certificates(dir: &Path) -> Result<crate::dev_certs::DevCertificate
         .map_err(|e| format!("cannot write certificates into `{}`: {e}", dir.display()))
 }
 
-fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> ExitCode {
+/// Where the demo keeps its files.
+struct DemoPaths<'a> {
+    certs: &'a Path,
+    data: &'a Path,
+}
+
+fn demo(paths: &DemoPaths<'_>, https_port: u16, http_port: u16, print_config: bool) -> ExitCode {
+    let certs = paths.certs;
     // `localhost` is often ::1 first; listen there too when the machine has IPv6.
     let loopbacks: Vec<IpAddr> = [
         IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -259,7 +278,7 @@ fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> Ex
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let paths = match write_dev_certificates(certs) {
+    let certificates = match write_dev_certificates(certs) {
         Ok(paths) => paths,
         Err(error) => {
             eprintln!("error: {error}");
@@ -267,13 +286,21 @@ fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> Ex
         }
     };
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let data = match crate::demo::prepare_data(paths.data) {
+        Ok(()) => absolute(paths.data),
+        Err(error) => {
+            eprintln!("error: cannot prepare `{}`: {error}", paths.data.display());
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let text = crate::demo::config_text(
         &https,
         &http,
         backend,
         admin,
-        &absolute(&paths.certificate),
-        &absolute(&paths.private_key),
+        &absolute(&certificates.certificate),
+        &absolute(&certificates.private_key),
+        &data,
     );
     if print_config {
         print!("{text}");
@@ -284,9 +311,13 @@ fn demo(certs: &Path, https_port: u16, http_port: u16, print_config: bool) -> Ex
         eprint!("{}", loaded.report.render(color()));
         return ExitCode::from(EXIT_CONFIG);
     };
+    if let Err(error) = crate::demo::seed(&config, &data) {
+        eprintln!("error: cannot create the demo user: {error}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     println!(
         "{}",
-        crate::demo::banner(https_port, http_port, admin, &paths.ca)
+        crate::demo::banner(https_port, http_port, admin, &certificates.ca, &data)
     );
     serve(
         &config,

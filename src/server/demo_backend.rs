@@ -15,6 +15,10 @@ const SHOWN: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-request-id",
+    "x-portcullis-user-id",
+    "x-portcullis-account-id",
+    "x-portcullis-roles",
+    "x-portcullis-account-roles",
     "user-agent",
 ];
 

@@ -33,6 +33,8 @@ async fn demo_serves_the_backend_over_https_and_redirects_http() {
             ])
             .arg("--certs")
             .arg(&certs)
+            .arg("--data")
+            .arg(dir.path().join("demo-data"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -58,6 +60,32 @@ async fn demo_serves_the_backend_over_https_and_redirects_http() {
     assert!(page.header("strict-transport-security").is_some());
     assert_eq!(client.h2("GET", "/", &[]).await.status, 200);
     assert_eq!(client.get("/private", "").await.status, 401);
+
+    // The demo user's password is in a file; its token opens /private.
+    let data = dir.path().join("demo-data");
+    let password = std::fs::read_to_string(data.join("demo-password")).expect("password file");
+    let body = serde_json::json!({"email": "demo@example.com", "password": password.trim()});
+    let login = client
+        .post(
+            "/api/requestAuthToken",
+            "application/json",
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    let json: serde_json::Value = serde_json::from_slice(&login.body).expect("json");
+    let token = json["auth_token"].as_str().expect("token");
+    let private = client
+        .get("/private", &format!("Authorization: {token}\r\n"))
+        .await;
+    assert_eq!(private.status, 200);
+    assert!(
+        private
+            .text()
+            .contains("x-portcullis-roles</th><td>account-admin"),
+        "{}",
+        private.text()
+    );
     assert_eq!(client.get("/a/../b", "").await.status, 400);
 
     let mut plain = tokio::net::TcpStream::connect(http)
