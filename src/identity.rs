@@ -77,6 +77,31 @@ pub enum LoginError {
     Unavailable(String),
 }
 
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub identity: Arc<Identity>,
+    pub path: VerificationPath,
+}
+
+/// How a token was verified, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerificationPath {
+    /// Its slow check had passed before (the hot path).
+    Cached,
+    /// Checked in full now, sha256_crypt included.
+    Verified,
+}
+
+impl VerificationPath {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Cached => "cached",
+            Self::Verified => "verified",
+        }
+    }
+}
+
 /// A freshly issued token.
 #[derive(Debug)]
 pub struct Issued {
@@ -312,7 +337,7 @@ impl Authenticator {
     }
 
     /// Verifies the token in an `Authorization` header value.
-    pub async fn identify(&self, authorization: &[u8]) -> Result<Arc<Identity>, IdentityError> {
+    pub async fn identify(&self, authorization: &[u8]) -> Result<Verified, IdentityError> {
         let token = token::from_authorization(authorization)
             .ok_or(IdentityError::Invalid("no usable token in Authorization"))?;
         let now = directory::now();
@@ -329,7 +354,10 @@ impl Authenticator {
                 self.caches.tokens.invalidate(&digest);
                 return Err(IdentityError::Invalid("password changed"));
             }
-            return Ok(user.identity.clone());
+            return Ok(Verified {
+                identity: user.identity.clone(),
+                path: VerificationPath::Cached,
+            });
         }
         let claims = self
             .keys
@@ -355,7 +383,10 @@ impl Authenticator {
                 fingerprint: user.fingerprint,
             },
         );
-        Ok(user.identity.clone())
+        Ok(Verified {
+            identity: user.identity.clone(),
+            path: VerificationPath::Verified,
+        })
     }
 
     /// A user for token checks: from the cache while the change feed is fresh, else

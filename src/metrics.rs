@@ -17,6 +17,8 @@ pub struct Metrics {
     certificate_reloads: IntCounterVec,
     certificate_reloaded_at: IntGauge,
     audit_dropped: prometheus::IntCounter,
+    token_checks: IntCounterVec,
+    logins: IntCounterVec,
 }
 
 /// What became of a request.
@@ -80,6 +82,23 @@ impl Metrics {
             "audit_dropped_total",
             "Audit records dropped because the writer fell behind.",
         )?;
+        let token_checks = IntCounterVec::new(
+            Opts::new(
+                "token_checks_total",
+                "Token checks by result: cached (hot path), verified (cold, sha256_crypt), \
+                 refused (401) or unavailable (503, a store did not answer).",
+            ),
+            &["result"],
+        )?;
+        let logins = IntCounterVec::new(
+            Opts::new(
+                "logins_total",
+                "Password logins by result: issued, refused or unavailable.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(token_checks.clone()))?;
+        registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -94,7 +113,19 @@ impl Metrics {
             certificate_reloads,
             certificate_reloaded_at,
             audit_dropped,
+            token_checks,
+            logins,
         })
+    }
+
+    /// Counts one token check: `cached`, `verified`, `refused` or `unavailable`.
+    pub fn token_check(&self, result: &str) {
+        self.token_checks.with_label_values(&[result]).inc();
+    }
+
+    /// Counts one login: `issued`, `refused` or `unavailable`.
+    pub fn login(&self, result: &str) {
+        self.logins.with_label_values(&[result]).inc();
     }
 
     /// Counts one finished request.

@@ -166,7 +166,7 @@ impl Gateway {
             && path == authenticator.login_path()
         {
             ctx.route = Some(LOGIN_ROUTE.into());
-            return login(session, ctx, authenticator).await;
+            return login(session, ctx, authenticator, &self.metrics).await;
         }
         let route = snapshot
             .routes()
@@ -174,7 +174,13 @@ impl Gateway {
             .ok_or(Rejection::NoRoute)?;
         ctx.route = Some(route.id.clone());
 
-        let caller = identify(route, session.req_header(), self.authenticator.as_deref()).await?;
+        let caller = identify(
+            route,
+            session.req_header(),
+            self.authenticator.as_deref(),
+            &self.metrics,
+        )
+        .await?;
         if let Caller::User(identity) = &caller {
             ctx.identity = Some(identity.clone());
         }
@@ -220,6 +226,7 @@ async fn identify(
     route: &Route,
     request: &RequestHeader,
     authenticator: Option<&Authenticator>,
+    metrics: &Metrics,
 ) -> Result<Caller, Rejection> {
     if route.access == Access::Public {
         return Ok(Caller::Anonymous);
@@ -241,9 +248,18 @@ async fn identify(
         });
     };
     match authenticator.identify(value.as_bytes()).await {
-        Ok(identity) => Ok(Caller::User(identity)),
-        Err(IdentityError::Invalid(reason)) => Err(Rejection::InvalidCredentials { reason }),
-        Err(IdentityError::Unavailable(cause)) => Err(Rejection::CredentialsUnavailable { cause }),
+        Ok(verified) => {
+            metrics.token_check(verified.path.label());
+            Ok(Caller::User(verified.identity))
+        }
+        Err(IdentityError::Invalid(reason)) => {
+            metrics.token_check("refused");
+            Err(Rejection::InvalidCredentials { reason })
+        }
+        Err(IdentityError::Unavailable(cause)) => {
+            metrics.token_check("unavailable");
+            Err(Rejection::CredentialsUnavailable { cause })
+        }
     }
 }
 
@@ -253,6 +269,7 @@ async fn login(
     session: &mut Session,
     ctx: &mut RequestContext,
     authenticator: &Authenticator,
+    metrics: &Metrics,
 ) -> Result<Admission, Rejection> {
     if session.req_header().method != http::Method::POST {
         return Err(Rejection::LoginMethod);
@@ -270,7 +287,13 @@ async fn login(
             Err(_) => return Err(Rejection::BadRequest),
         }
     }
-    match authenticator.login(&body).await {
+    let outcome = authenticator.login(&body).await;
+    metrics.login(match &outcome {
+        Ok(_) => "issued",
+        Err(LoginError::Malformed | LoginError::BadCredentials) => "refused",
+        Err(LoginError::Unavailable(_)) => "unavailable",
+    });
+    match outcome {
         Ok(issued) => {
             respond::issued(session, ctx, &issued)
                 .await

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::{DEADLINE, EchoBackend, TestGateway};
 
 /// The audit records written so far, once there are at least `count`.
-async fn records(path: &Path, count: usize) -> Vec<serde_json::Value> {
+pub async fn records(path: &Path, count: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();

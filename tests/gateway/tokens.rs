@@ -4,7 +4,7 @@
 use portcullis::secret::Secret;
 use portcullis::token::TokenKeys;
 
-use super::support::{ClosedPort, EchoBackend, admin_get};
+use super::support::{ClosedPort, EchoBackend, admin_get, metric};
 use super::users::{
     PASSWORD, PostgresDatabase, SIGNING_SECRET, Stores, TOKEN_SECRET, cli_ok, eventually_status,
     gateway, get_with, login, redis_url, seed, token,
@@ -45,6 +45,26 @@ async fn login_issues_a_token_that_opens_token_routes_with_identity_headers() {
             .await;
         assert_eq!(reply.status, 200);
     }
+    // The second request with the same token took the hot path.
+    let check = |result: &str| format!("portcullis_token_checks_total{{result=\"{result}\"}}");
+    assert_eq!(metric(&gateway, &check("verified")).await, Some(1.0));
+    assert_eq!(metric(&gateway, &check("cached")).await, Some(1.0));
+    assert_eq!(
+        metric(&gateway, "portcullis_logins_total{result=\"issued\"}").await,
+        Some(1.0)
+    );
+    // Audited with the verified ids; the token and password appear nowhere.
+    let records = super::audit::records(&gateway.audit, 3).await;
+    let login_record = &records[0];
+    assert_eq!(login_record["decision"], "token-issued");
+    assert_eq!(login_record["user"], "1");
+    for record in &records[1..] {
+        assert_eq!(record["decision"], "allowed");
+        assert_eq!(record["user"], "1");
+        assert_eq!(record["account"], "1");
+    }
+    let text = std::fs::read_to_string(&gateway.audit).expect("audit");
+    assert!(!text.contains(token) && !text.contains(PASSWORD));
     let received = backend.received();
     assert_eq!(received.len(), 2);
     for request in received {
