@@ -1,0 +1,168 @@
+//! Token validation cost: the hot path (a cached token) and the cold path (signature,
+//! age, user, sha256_crypt), plus the login's bcrypt with an unknown email and with a
+//! wrong password (they should cost the same: no user enumeration by timing).
+//!
+//! `cargo bench --bench tokens`; the directory is a SQLite file in a temporary
+//! directory, so the numbers are the gateway's own work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use portcullis::identity::Authenticator;
+use portcullis::secret::Secret;
+use portcullis::token::{self, TokenKeys};
+
+const SECRET: &str = "benchmark token secret, at least 32 bytes";
+const PASSWORD: &str = "correct horse battery";
+
+struct Fixture {
+    authenticator: Arc<Authenticator>,
+    token: String,
+    keys: TokenKeys,
+    crypt: String,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture(bcrypt_cost: u32) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token.key"), SECRET).expect("key");
+    let text = format!(
+        "[listen]\nhttps = [\"127.0.0.1:1\"]\n[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n\
+         [directory]\ndatabase = \"sqlite:{}\"\nbcrypt_cost = {bcrypt_cost}\n\
+         [tokens]\nsecrets = [\"file:token.key\"]\n",
+        dir.path().join("bench.db").display()
+    );
+    let loaded = portcullis::config::parse(&dir.path().join("bench.toml"), text, Vec::new());
+    let config = loaded.config.expect("config");
+    let hash = portcullis::identity::password::hash(&Secret::new(PASSWORD.into()), bcrypt_cost)
+        .expect("hash");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let directory = portcullis::identity::open_directory(&config)
+            .expect("open")
+            .expect("directory");
+        directory.database().migrate().await.expect("migrate");
+        directory
+            .add_account("Bench", &[], false)
+            .await
+            .expect("account");
+        directory
+            .add_user(
+                "Bench",
+                "bench@example.com",
+                &hash,
+                &["admin".into()],
+                false,
+            )
+            .await
+            .expect("user");
+    });
+    let authenticator = Authenticator::start(&config)
+        .expect("start")
+        .expect("authenticator");
+    let body = format!(r#"{{"email":"bench@example.com","password":"{PASSWORD}"}}"#);
+    let issued = runtime
+        .block_on(authenticator.login(body.as_bytes()))
+        .expect("login");
+    let keys = TokenKeys::new(
+        &[Secret::new(SECRET.as_bytes().to_vec())],
+        Duration::from_secs(21_600),
+        Duration::from_secs(30),
+    )
+    .expect("keys");
+    let crypt = keys
+        .decode(issued.token.expose(), portcullis::directory::now())
+        .expect("decode")
+        .password_crypt;
+    Fixture {
+        authenticator,
+        token: issued.token.expose().clone(),
+        keys,
+        crypt,
+        _dir: dir,
+    }
+}
+
+fn tokens(c: &mut Criterion) {
+    let fixture = fixture(4);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let now = portcullis::directory::now();
+
+    c.bench_function("token/decode (signature and age)", |b| {
+        b.iter(|| fixture.keys.decode(&fixture.token, now).expect("valid"));
+    });
+    c.bench_function("token/forged (refused at the HMAC)", |b| {
+        let mut forged = fixture.token.clone();
+        forged.push('A');
+        b.iter(|| fixture.keys.decode(&forged, now).expect_err("forged"));
+    });
+    c.bench_function("token/sha256_crypt check", |b| {
+        b.iter(|| assert!(!token::password_crypt_matches(&fixture.crypt, "x")));
+    });
+
+    let authorization = fixture.token.as_bytes().to_vec();
+    // Warm the caches, then measure the hot path as a request sees it.
+    runtime
+        .block_on(fixture.authenticator.identify(&authorization))
+        .expect("valid");
+    c.bench_function("identify/cached token", |b| {
+        b.to_async(&runtime).iter(|| {
+            let authenticator = fixture.authenticator.clone();
+            let authorization = authorization.clone();
+            async move { authenticator.identify(&authorization).await.expect("valid") }
+        });
+    });
+
+    // Cold: a token never seen before (another timestamp), same user.
+    let mut second = now - 20_000;
+    c.bench_function("identify/cold token (full verification)", |b| {
+        b.to_async(&runtime).iter_batched(
+            || {
+                second += 1;
+                fixture.keys.issue(1, &fixture.crypt, second).into_bytes()
+            },
+            |token| {
+                let authenticator = fixture.authenticator.clone();
+                async move { authenticator.identify(&token).await.expect("valid") }
+            },
+            BatchSize::SmallInput,
+        );
+    });
+}
+
+fn logins(c: &mut Criterion) {
+    // Cost 10 keeps the run short; the ratio between the two is what matters.
+    let fixture = fixture(10);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("login (bcrypt cost 10)");
+    group.sample_size(20);
+    for (name, email) in [
+        ("wrong password", "bench@example.com"),
+        ("unknown email", "nobody@example.com"),
+    ] {
+        let body = format!(r#"{{"email":"{email}","password":"not the password"}}"#);
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| {
+                let authenticator = fixture.authenticator.clone();
+                let body = body.clone();
+                async move {
+                    authenticator
+                        .login(body.as_bytes())
+                        .await
+                        .expect_err("refused")
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tokens, logins);
+criterion_main!(benches);
