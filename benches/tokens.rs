@@ -5,6 +5,11 @@
 //! `cargo bench --bench tokens`; the directory is a SQLite file in a temporary
 //! directory, so the numbers are the gateway's own work.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a benchmark whose setup fails has nothing to measure"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
