@@ -188,6 +188,7 @@ fn the_admin_cli_manages_users_on_postgres_with_clear_errors() {
         postgres: Some(database.url.clone()),
         redis: None,
         extra: String::new(),
+        change_poll: "50ms",
     };
     let config = configured(dir.path(), &stores);
     flows_and_errors(&config);

@@ -356,6 +356,7 @@ async fn an_unreachable_database_fails_closed_with_503() {
         postgres: Some(format!("postgres://postgres@{}/portcullis", closed.address)),
         redis: None,
         extra: String::new(),
+        change_poll: "50ms",
     };
     let gateway = gateway(&stores, backend.address);
     // Correctly signed, so only the directory can decide; it cannot answer.
@@ -390,6 +391,7 @@ async fn an_unreachable_redis_fails_token_checks_closed() {
         postgres: None,
         redis: Some((format!("redis://{}", closed.address), "unreachable".into())),
         extra: String::new(),
+        change_poll: "50ms",
     };
     let gateway = gateway(&stores, backend.address);
     seed(&gateway.config);
@@ -422,6 +424,8 @@ async fn revocation_reaches_a_second_instance_through_postgres_and_redis() {
             format!("test-{}", uuid::Uuid::new_v4().simple()),
         )),
         extra: String::new(),
+        // Longer than the deadline: only Redis can bring the revocation in time.
+        change_poll: "60s",
     };
     let first = gateway(&stores, backend.address);
     let second = gateway(&stores, backend.address);

@@ -90,6 +90,8 @@ pub struct Stores {
     /// Redis URL and key prefix.
     pub redis: Option<(String, String)>,
     pub extra: String,
+    /// `[directory] change_poll`.
+    pub change_poll: &'static str,
 }
 
 impl Stores {
@@ -98,6 +100,7 @@ impl Stores {
             postgres: None,
             redis: None,
             extra: String::new(),
+            change_poll: "50ms",
         }
     }
 
@@ -109,12 +112,13 @@ impl Stores {
             Some(url) => url.clone(),
             None => format!("sqlite:{}", dir.join("portcullis.db").display()),
         };
+        let change_poll = self.change_poll;
         let mut text = format!(
             r#"
 [directory]
 database = "{database}"
 bcrypt_cost = 4
-change_poll = "50ms"
+change_poll = "{change_poll}"
 timeout = "1s"
 
 [tokens]
