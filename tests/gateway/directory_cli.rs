@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::users::{PASSWORD, PostgresDatabase, Stores, cli, cli_ok};
+use super::users::{PASSWORD, PostgresDatabase, Stores, TOKEN_SECRET, cli, cli_ok};
 
 /// A configuration with a directory (and nothing running).
 fn configured(dir: &Path, stores: &Stores) -> PathBuf {
@@ -189,6 +189,7 @@ fn the_admin_cli_manages_users_on_postgres_with_clear_errors() {
         redis: None,
         extra: String::new(),
         change_poll: "50ms",
+        secrets: vec![TOKEN_SECRET],
     };
     let config = configured(dir.path(), &stores);
     flows_and_errors(&config);

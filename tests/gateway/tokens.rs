@@ -357,6 +357,7 @@ async fn an_unreachable_database_fails_closed_with_503() {
         redis: None,
         extra: String::new(),
         change_poll: "50ms",
+        secrets: vec![TOKEN_SECRET],
     };
     let gateway = gateway(&stores, backend.address);
     // Correctly signed, so only the directory can decide; it cannot answer.
@@ -392,6 +393,7 @@ async fn an_unreachable_redis_fails_token_checks_closed() {
         redis: Some((format!("redis://{}", closed.address), "unreachable".into())),
         extra: String::new(),
         change_poll: "50ms",
+        secrets: vec![TOKEN_SECRET],
     };
     let gateway = gateway(&stores, backend.address);
     seed(&gateway.config);
@@ -426,6 +428,7 @@ async fn revocation_reaches_a_second_instance_through_postgres_and_redis() {
         extra: String::new(),
         // Longer than the deadline: only Redis can bring the revocation in time.
         change_poll: "60s",
+        secrets: vec![TOKEN_SECRET],
     };
     let first = gateway(&stores, backend.address);
     let second = gateway(&stores, backend.address);
@@ -445,4 +448,42 @@ async fn revocation_reaches_a_second_instance_through_postgres_and_redis() {
     // A fresh token from the second instance works on the first.
     let fresh = super::users::token(&second).await;
     eventually_status(&first, &fresh, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_secrets_keep_old_tokens_and_sign_new_ones_with_the_first() {
+    const NEW_SECRET: &str = "the rotated-in token secret, 32+ bytes";
+    let backend = EchoBackend::start();
+    let database = PostgresDatabase::create();
+    let shared = |secrets: Vec<&'static str>| Stores {
+        postgres: Some(database.url.clone()),
+        redis: None,
+        extra: String::new(),
+        change_poll: "50ms",
+        secrets,
+    };
+    let before = gateway(&shared(vec![TOKEN_SECRET]), backend.address);
+    let rotated = gateway(&shared(vec![NEW_SECRET, TOKEN_SECRET]), backend.address);
+    let after = gateway(&shared(vec![NEW_SECRET]), backend.address);
+    seed(&before.config);
+
+    let old = token(&before).await;
+    assert_eq!(
+        get_with(&rotated, "/data", &old).await,
+        200,
+        "old tokens survive rotation"
+    );
+    assert_eq!(
+        get_with(&after, "/data", &old).await,
+        401,
+        "until the old secret is dropped"
+    );
+
+    let new = super::users::token(&rotated).await;
+    assert_eq!(
+        get_with(&after, "/data", &new).await,
+        200,
+        "the first secret signs"
+    );
+    assert_eq!(get_with(&before, "/data", &new).await, 401);
 }

@@ -92,6 +92,8 @@ pub struct Stores {
     pub extra: String,
     /// `[directory] change_poll`.
     pub change_poll: &'static str,
+    /// `[tokens] secrets`, first signing; written to files beside the config.
+    pub secrets: Vec<&'static str>,
 }
 
 impl Stores {
@@ -101,12 +103,18 @@ impl Stores {
             redis: None,
             extra: String::new(),
             change_poll: "50ms",
+            secrets: vec![TOKEN_SECRET],
         }
     }
 
     /// The `[directory]`, `[tokens]` and `[redis]` sections; writes the key file.
     pub fn sections(&self, dir: &Path) -> String {
-        std::fs::write(dir.join("token.key"), TOKEN_SECRET).expect("write key");
+        let mut secrets = Vec::new();
+        for (index, secret) in self.secrets.iter().enumerate() {
+            std::fs::write(dir.join(format!("token-{index}.key")), secret).expect("write key");
+            secrets.push(format!("\"file:token-{index}.key\""));
+        }
+        let secrets = secrets.join(", ");
         std::fs::write(dir.join("signing.key"), SIGNING_SECRET).expect("write key");
         let database = match &self.postgres {
             Some(url) => url.clone(),
@@ -122,7 +130,7 @@ change_poll = "{change_poll}"
 timeout = "1s"
 
 [tokens]
-secrets = ["file:token.key"]
+secrets = [{secrets}]
 "#
         );
         if let Some((url, prefix)) = &self.redis {
