@@ -20,6 +20,7 @@ mod demo;
 mod directory_cli;
 mod failures;
 mod headers;
+mod no_secrets;
 mod redirect;
 mod responses;
 mod shutdown;
