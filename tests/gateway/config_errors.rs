@@ -306,3 +306,48 @@ fn completions_cover_every_command() {
     let (code, _, _) = portcullis(&["completions", "cmd.exe"], &[]);
     assert_eq!(code, 2, "an unknown shell is a usage error");
 }
+
+/// The configurations shipped for compose and Kubernetes load without errors, given
+/// a readable secret and a resolvable backend (their real ones exist only there).
+#[test]
+fn shipped_deployment_configurations_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compose = std::fs::read_to_string(root.join("deploy/compose/portcullis.toml"))
+        .expect("compose config");
+    let configmap = std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml"))
+        .expect("configmap");
+    let kubernetes: String = configmap
+        .split_once("portcullis.toml: |\n")
+        .expect("the configmap holds portcullis.toml")
+        .1
+        .lines()
+        .map(|line| line.strip_prefix("    ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("token.key");
+    std::fs::write(&key, "k".repeat(48)).expect("write key");
+    for (name, text, backend) in [
+        ("compose", compose, "ECHO"),
+        ("kubernetes", kubernetes, "APP"),
+    ] {
+        let env = vec![
+            (
+                "PORTCULLIS__TOKENS__SECRETS".to_owned(),
+                format!("file:{}", key.display()),
+            ),
+            (
+                format!("PORTCULLIS__BACKENDS__{backend}__ADDRESS"),
+                "127.0.0.1:5000".to_owned(),
+            ),
+        ];
+        let loaded = config::parse(&dir.path().join(format!("{name}.toml")), text, env);
+        assert!(
+            loaded.config.is_some(),
+            "{name}: {}",
+            loaded.report.render(false)
+        );
+        let config = loaded.config.expect("config");
+        assert!(config.directory.is_some() && config.redis.is_some(), "{name}");
+    }
+}
