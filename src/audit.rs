@@ -42,6 +42,18 @@ pub struct DecisionRecord<'a> {
     pub bytes: usize,
 }
 
+/// Something security-relevant that is not a request decision: certificate reloads
+/// today. (Login outcomes are decision records on the route `portcullis:login`.)
+#[derive(Debug, Serialize)]
+pub struct SecurityEvent<'a> {
+    pub time: String,
+    pub kind: &'static str,
+    /// What happened, e.g. `certificate-reloaded`.
+    pub event: &'static str,
+    /// Details for operators; never secrets.
+    pub detail: Option<&'a str>,
+}
+
 /// The sending side, shared by every request.
 pub struct Audit {
     sender: mpsc::Sender<String>,
@@ -74,6 +86,18 @@ impl Audit {
         if self.sender.try_send(line).is_err() {
             self.metrics.audit_dropped();
         }
+    }
+}
+
+impl Audit {
+    /// Queues a security event (see [`SecurityEvent`]).
+    pub fn security(&self, event: &'static str, detail: Option<&str>) {
+        self.record(&SecurityEvent {
+            time: now(),
+            kind: "security",
+            event,
+            detail,
+        });
     }
 }
 

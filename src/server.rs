@@ -80,6 +80,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
         config.audit.target.clone(),
         metrics.clone(),
     );
+    let audit = Arc::new(audit);
     metrics.certificate_served(pair.not_after.unix_timestamp());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
     let authenticator = Authenticator::start(config)?;
@@ -101,7 +102,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
         Gateway::new(
             snapshot,
             metrics.clone(),
-            Arc::new(audit),
+            audit.clone(),
             authenticator.clone(),
         ),
         "portcullis https",
@@ -135,6 +136,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
                 config.tls.private_key.clone(),
                 config.tls.reload_interval,
                 metrics.clone(),
+                audit.clone(),
             ),
         ));
     }

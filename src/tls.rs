@@ -320,6 +320,7 @@ pub struct CertificateReloader {
     private_key: PathBuf,
     interval: Duration,
     metrics: Arc<crate::metrics::Metrics>,
+    audit: Arc<crate::audit::Audit>,
 }
 
 /// What identifies a version of the two files.
@@ -332,6 +333,7 @@ impl CertificateReloader {
         private_key: PathBuf,
         interval: Duration,
         metrics: Arc<crate::metrics::Metrics>,
+        audit: Arc<crate::audit::Audit>,
     ) -> Self {
         Self {
             store,
@@ -339,6 +341,7 @@ impl CertificateReloader {
             private_key,
             interval,
             metrics,
+            audit,
         }
     }
 
@@ -389,6 +392,8 @@ impl BackgroundService for CertificateReloader {
                     self.store.replace(&pair);
                     self.metrics
                         .certificate_reload(Some(pair.not_after.unix_timestamp()));
+                    let detail = format!("expires {}", format_time(pair.not_after));
+                    self.audit.security("certificate-reloaded", Some(&detail));
                     tracing::info!(
                         certificate = %self.certificate.display(),
                         expires = %format_time(pair.not_after),
@@ -397,6 +402,8 @@ impl BackgroundService for CertificateReloader {
                 }
                 Some(Err(error)) => {
                     self.metrics.certificate_reload(None);
+                    self.audit
+                        .security("certificate-reload-failed", Some(&error.to_string()));
                     tracing::error!(
                         certificate = %self.certificate.display(),
                         %error,

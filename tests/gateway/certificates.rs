@@ -60,18 +60,32 @@ async fn renewed_certificates_are_served_without_restart_and_broken_ones_never()
         .await;
     assert_eq!(reply.status, 200);
 
-    // A broken renewal (not PEM) is refused and the renewed pair stays in service.
-    // Nothing observable marks "the reloader has looked", so watch for 20 intervals.
+    // A broken renewal (not PEM) is refused, audited, and the renewed pair stays in
+    // service.
     replace(&dir.join("cert.pem"), "this is not a certificate");
-    let current = TlsClient::new(gateway.https, &renewed.ca_pem);
-    let watch_until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < watch_until {
-        current
-            .handshake()
-            .await
-            .expect("still serving the last good certificate");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // (The renewal above may also have logged a failure for its half-written state.)
+    let deadline = Instant::now() + crate::support::DEADLINE;
+    loop {
+        let records = crate::audit::records(&gateway.audit, 1).await;
+        let events: Vec<&str> = records
+            .iter()
+            .filter(|r| r["kind"] == "security")
+            .filter_map(|r| r["event"].as_str())
+            .collect();
+        let reloaded = events.iter().rposition(|e| *e == "certificate-reloaded");
+        if reloaded.is_some_and(|at| events[at + 1..].contains(&"certificate-reload-failed")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reload failure audited: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    TlsClient::new(gateway.https, &renewed.ca_pem)
+        .handshake()
+        .await
+        .expect("still serving the last good certificate");
 
     // The reloader is still alive: the next good renewal is picked up.
     let again = DevCertificates::generate().expect("certs");

@@ -314,8 +314,8 @@ fn shipped_deployment_configurations_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let compose = std::fs::read_to_string(root.join("deploy/compose/portcullis.toml"))
         .expect("compose config");
-    let configmap = std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml"))
-        .expect("configmap");
+    let configmap =
+        std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml")).expect("configmap");
     let kubernetes: String = configmap
         .split_once("portcullis.toml: |\n")
         .expect("the configmap holds portcullis.toml")
@@ -348,6 +348,9 @@ fn shipped_deployment_configurations_are_valid() {
             loaded.report.render(false)
         );
         let config = loaded.config.expect("config");
-        assert!(config.directory.is_some() && config.redis.is_some(), "{name}");
+        assert!(
+            config.directory.is_some() && config.redis.is_some(),
+            "{name}"
+        );
     }
 }
