@@ -6,6 +6,9 @@
 //! and `token-or-session` routes admit a caller with a verified token; `session`
 //! routes need a web-login session, which no caller has yet.
 
+pub mod principal;
+pub mod template;
+
 use std::sync::Arc;
 
 use crate::identity::Caller;
