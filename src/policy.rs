@@ -7,6 +7,7 @@
 //! routes need a web-login session, which no caller has yet.
 
 pub mod principal;
+pub mod rules;
 pub mod template;
 
 use std::sync::Arc;

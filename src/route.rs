@@ -71,7 +71,7 @@ impl HostPattern {
         is_host_name(&raw).then_some(Self::Exact(raw))
     }
 
-    fn matches(&self, host: &str) -> bool {
+    pub(crate) fn matches(&self, host: &str) -> bool {
         match self {
             Self::Any => true,
             Self::Exact(name) => name == host,
@@ -82,7 +82,7 @@ impl HostPattern {
     }
 
     /// Higher is more specific.
-    fn specificity(&self) -> usize {
+    pub(crate) fn specificity(&self) -> usize {
         match self {
             Self::Any => 0,
             Self::Subdomains(suffix) => 1 + suffix.len(),
