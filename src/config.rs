@@ -55,7 +55,10 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     pub identity_headers: IdentityHeaderSettings,
     pub backends: BTreeMap<Arc<str>, Backend>,
+    /// Routes from `[[route]]` (empty when `[policies]` is set).
     pub routes: RouteTable,
+    /// Rules from the policy files, when `[policies]` is set.
+    pub rules: Option<Arc<crate::policy::rules::RuleSet>>,
     /// Where each checked value came from, so later checks (certificates) can point at it.
     pub spans: SpanIndex,
 }
@@ -185,6 +188,7 @@ pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("tokens", raw::keys_of::<raw::Tokens>()),
         ("redis", raw::keys_of::<raw::Redis>()),
         ("identity_headers", raw::keys_of::<raw::IdentityHeaders>()),
+        ("policies", raw::keys_of::<raw::Policies>()),
         ("backends.NAME", raw::keys_of::<raw::Backend>()),
         ("route", raw::keys_of::<raw::Route>()),
     ]
@@ -201,15 +205,15 @@ pub fn load_with_env(path: &Path, env: impl IntoIterator<Item = (String, String)
         Ok(text) => parse(path, text, env),
         Err(error) => Loaded {
             config: None,
-            report: Report {
-                sources: Sources::new(path, String::new()),
-                problems: vec![
+            report: Report::new(
+                Sources::new(path, String::new()),
+                vec![
                     Problem::error(format!("cannot read configuration: {error}")).help(
                         "pass the path of portcullis.toml with --config; \
                          deploy/portcullis.example.toml documents every key",
                     ),
                 ],
-            },
+            ),
         },
     }
 }
@@ -258,14 +262,17 @@ pub fn parse(path: &Path, text: String, env: impl IntoIterator<Item = (String, S
         problems,
         broken_backends: Default::default(),
         has_directory: false,
+        others: Vec::new(),
         base,
         sources: &sources,
     };
     let config = check.config(path, root);
+    let others = std::mem::take(&mut check.others);
     let mut problems = check.problems;
     // In file order, environment last; whole-file problems first.
     problems.sort_by_key(|problem| problem.span.as_ref().map(|span| span.start));
-    let report = Report { sources, problems };
+    let mut report = Report::new(sources, problems);
+    report.others = others;
     Loaded {
         config: if report.has_errors() { None } else { config },
         report,
@@ -349,6 +356,8 @@ struct Check<'s> {
     base: PathBuf,
     /// Whether a `[directory]` section is present (so tokens can be verified).
     has_directory: bool,
+    /// Reports of the policy files the configuration names.
+    others: Vec<Report>,
     sources: &'s Sources,
 }
 
@@ -442,6 +451,9 @@ impl Check<'_> {
         let identity_headers: raw::IdentityHeaders = self
             .section("identity_headers", root.remove("identity_headers"))
             .unwrap_or_default();
+        let policies: raw::Policies = self
+            .section("policies", root.remove("policies"))
+            .unwrap_or_default();
         let backends_value = root.remove("backends");
         let routes_value = root.remove("route");
 
@@ -459,7 +471,19 @@ impl Check<'_> {
         let redis = redis.and_then(|redis| self.redis(redis, redis_span));
         let identity_headers = self.identity_headers(identity_headers);
         let backends = self.backends(backends_value, &mut spans);
-        let routes = self.routes(routes_value, &backends);
+        let (routes, rules) = match policies.dir {
+            Some(dir) => {
+                if let Some(routes) = &routes_value {
+                    self.error(
+                        Problem::error("[[route]] tables and `[policies]` both define routes")
+                            .at(routes.span())
+                            .help("with `[policies]`, routes live in the policy files; move these there as [[route]] rules"),
+                    );
+                }
+                (RouteTable::default(), self.policies(&dir, &backends))
+            }
+            None => (self.routes(routes_value, &backends), None),
+        };
 
         Some(Config {
             path: path.to_path_buf(),
@@ -476,8 +500,33 @@ impl Check<'_> {
             identity_headers,
             backends,
             routes,
+            rules,
             spans,
         })
+    }
+
+    /// Loads the policy files; their reports are attached to this one.
+    fn policies(
+        &mut self,
+        dir: &Spanned<String>,
+        backends: &BTreeMap<Arc<str>, Backend>,
+    ) -> Option<Arc<crate::policy::rules::RuleSet>> {
+        let path = self.path(dir.get_ref());
+        if !path.is_dir() {
+            self.error(
+                Problem::error(format!(
+                    "the policy directory `{}` does not exist",
+                    path.display()
+                ))
+                .at(dir.span())
+                .help("create it with policy files (see policies/example.toml)"),
+            );
+            return None;
+        }
+        let loaded =
+            crate::policy::file::load(&path, &crate::policy::file::backend_names(backends));
+        self.others.extend(loaded.reports);
+        loaded.rules.map(Arc::new)
     }
 
     fn duration(

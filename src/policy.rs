@@ -2,10 +2,14 @@
 //!
 //! [`authorize`] is the only way to obtain a [`Permit`], and forwarding requires one,
 //! so no code path can reach a backend without passing here (CONVENTIONS 3).
-//! Today the rule is the route's `auth` mode: `public` routes admit anyone; `token`
-//! and `token-or-session` routes admit a caller with a verified token; `session`
-//! routes need a web-login session, which no caller has yet.
+//! With policy files (`[policies]`), [`authorize_rule`] decides by the matched rule:
+//! its `auth` mode, then its allow list (`policy::principal`) and the built-in roles;
+//! a refusal is 403. With `[[route]]` tables only, [`authorize`] decides by the
+//! route's `auth` mode: `public` admits anyone; `token` and `token-or-session` admit a
+//! caller with a verified token; `session` needs a web-login session, which no
+//! caller has yet.
 
+pub mod file;
 pub mod principal;
 pub mod rules;
 pub mod template;
@@ -21,6 +25,8 @@ use crate::route::{Access, Route};
 pub struct Permit {
     route: Arc<str>,
     backend: Arc<str>,
+    /// Why a policy rule allowed it (for the audit record).
+    because: Option<String>,
 }
 
 impl Permit {
@@ -29,9 +35,60 @@ impl Permit {
         &self.route
     }
 
+    /// Why a policy rule allowed the request, when one decided.
+    pub fn because(&self) -> Option<&str> {
+        self.because.as_deref()
+    }
+
     /// The backend the request may be forwarded to.
     pub fn backend(&self) -> &str {
         &self.backend
+    }
+}
+
+/// Decides whether `caller` may do what `matched` guards (policy files): the rule's
+/// `auth` mode first, then its allow list and the built-in roles.
+pub fn authorize_rule(
+    matched: &rules::Matched<'_>,
+    method: &str,
+    caller: &Caller,
+) -> Result<Permit, Rejection> {
+    let rule = matched.rule;
+    let permit = |because: String| Permit {
+        route: rule.id.clone(),
+        backend: rule.backend.clone(),
+        because: Some(because),
+    };
+    let identity = match (rule.access, caller) {
+        (Access::Public, _) => return Ok(permit("public".into())),
+        (Access::Token | Access::TokenOrSession, Caller::User(identity)) => identity,
+        // SECURITY: fail closed, as for `[[route]]` routes.
+        (access, _) => {
+            return Err(Rejection::Unauthenticated {
+                route: rule.id.to_string(),
+                needed: access.name(),
+            });
+        }
+    };
+    let value = |name: &str| {
+        matched
+            .captures
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    match (rule.decide(identity, method, value), rule.mode) {
+        (rules::Verdict::Allowed { because }, _) => Ok(permit(because)),
+        (rules::Verdict::Denied { permission }, rules::Mode::Shadow) => Ok(permit(format!(
+            "shadow: would refuse `{}` without a matching principal",
+            permission.name()
+        ))),
+        (rules::Verdict::Denied { permission }, rules::Mode::Enforce) => {
+            Err(Rejection::Forbidden {
+                route: rule.id.to_string(),
+                permission: permission.name(),
+            })
+        }
     }
 }
 
@@ -41,10 +98,12 @@ pub fn authorize(route: &Route, caller: &Caller) -> Result<Permit, Rejection> {
         (Access::Public, _) => Ok(Permit {
             route: route.id.clone(),
             backend: route.backend.clone(),
+            because: None,
         }),
         (Access::Token | Access::TokenOrSession, Caller::User(_)) => Ok(Permit {
             route: route.id.clone(),
             backend: route.backend.clone(),
+            because: None,
         }),
         // SECURITY: fail closed; a route that needs credentials never admits an
         // anonymous caller, and a session route is not reached with a token.

@@ -32,9 +32,9 @@ use crate::canonical::canonicalize;
 use crate::forwarding::{ConnectionRewrite, ForwardedFor, Signed, Strip, identity_headers};
 use crate::identity::{Authenticator, Caller, IdentityError, LoginError};
 use crate::metrics::Metrics;
-use crate::policy::{Permit, authorize};
+use crate::policy::{Permit, authorize, authorize_rule};
 use crate::rejection::Rejection;
-use crate::route::{Access, Route};
+use crate::route::Access;
 
 /// The gateway's proxy logic; everything reloadable lives in the snapshot.
 pub struct Gateway {
@@ -168,14 +168,35 @@ impl Gateway {
             ctx.route = Some(LOGIN_ROUTE.into());
             return login(session, ctx, authenticator, &self.metrics).await;
         }
+        if let Some(rules) = snapshot.rules() {
+            let method = session.req_header().method.as_str().to_owned();
+            let matched = rules
+                .find(ctx.host.as_deref(), &method, &path)
+                .ok_or(Rejection::NoRoute)?;
+            ctx.route = Some(matched.rule.id.clone());
+            let caller = self.identify(matched.rule.access, session, ctx).await?;
+            snapshot.rate_limits().check(&matched.rule.id, &caller)?;
+            return authorize_rule(&matched, &method, &caller).map(Admission::Forward);
+        }
         let route = snapshot
             .routes()
             .find(ctx.host.as_deref(), &path)
             .ok_or(Rejection::NoRoute)?;
         ctx.route = Some(route.id.clone());
+        let caller = self.identify(route.access, session, ctx).await?;
+        snapshot.rate_limits().check(&route.id, &caller)?;
+        authorize(route, &caller).map(Admission::Forward)
+    }
 
+    /// The identify stage; remembers a verified identity for the later phases.
+    async fn identify(
+        &self,
+        access: Access,
+        session: &Session,
+        ctx: &mut RequestContext,
+    ) -> Result<Caller, Rejection> {
         let caller = identify(
-            route,
+            access,
             session.req_header(),
             self.authenticator.as_deref(),
             &self.metrics,
@@ -184,8 +205,7 @@ impl Gateway {
         if let Caller::User(identity) = &caller {
             ctx.identity = Some(identity.clone());
         }
-        snapshot.rate_limits().check(route, &caller)?;
-        authorize(route, &caller).map(Admission::Forward)
+        Ok(caller)
     }
 }
 
@@ -223,12 +243,12 @@ fn locate(session: &mut Session, ctx: &mut RequestContext) -> Result<String, Rej
 /// Who is calling: anonymous on public routes (a credential there is not even
 /// looked at), otherwise the verified owner of the token in `Authorization`.
 async fn identify(
-    route: &Route,
+    access: Access,
     request: &RequestHeader,
     authenticator: Option<&Authenticator>,
     metrics: &Metrics,
 ) -> Result<Caller, Rejection> {
-    if route.access == Access::Public {
+    if access == Access::Public {
         return Ok(Caller::Anonymous);
     }
     let mut values = request.headers.get_all(http::header::AUTHORIZATION).iter();

@@ -19,6 +19,12 @@ pub enum Rejection {
     NoRoute,
     #[error("route `{route}` needs {needed} credentials and none were verified")]
     Unauthenticated { route: String, needed: &'static str },
+    /// The caller is known and the matching policy rule does not allow this.
+    #[error("rule `{route}` does not allow this caller to `{permission}`")]
+    Forbidden {
+        route: String,
+        permission: &'static str,
+    },
     /// A credential was presented and refused: malformed, forged, expired, revoked,
     /// or its user is gone or inactive.
     #[error("credentials refused: {reason}")]
@@ -97,6 +103,11 @@ impl Rejection {
                 r#"{"status":401,"message":"Authentication failed: the token is invalid, expired or revoked."}"#,
                 INVALID_TOKEN,
             ),
+            Self::Forbidden { .. } => (
+                403,
+                r#"{"status":403,"message":"Forbidden: you may not do this."}"#,
+                &[],
+            ),
             Self::CredentialsUnavailable { .. } => (
                 503,
                 r#"{"status":503,"message":"Service unavailable: credentials cannot be checked right now, retry shortly."}"#,
@@ -158,6 +169,10 @@ mod tests {
             },
             Rejection::CredentialsUnavailable {
                 cause: "secret cause".into(),
+            },
+            Rejection::Forbidden {
+                route: "secret-route".into(),
+                permission: "read",
             },
             Rejection::MalformedLogin,
             Rejection::LoginFailed,

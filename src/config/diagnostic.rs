@@ -153,23 +153,49 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 pub struct Report {
     pub sources: Sources,
     pub problems: Vec<Problem>,
+    /// Reports of the files this one names and that were checked with it (policy
+    /// files); counted and shown after this one.
+    pub others: Vec<Report>,
 }
 
 impl Report {
+    pub fn new(sources: Sources, problems: Vec<Problem>) -> Self {
+        Self {
+            sources,
+            problems,
+            others: Vec::new(),
+        }
+    }
+
     pub fn has_errors(&self) -> bool {
-        self.problems.iter().any(Problem::is_error)
+        self.problems.iter().any(Problem::is_error) || self.others.iter().any(Report::has_errors)
     }
 
     pub fn errors(&self) -> usize {
         self.problems.iter().filter(|p| p.is_error()).count()
+            + self.others.iter().map(Report::errors).sum::<usize>()
     }
 
     pub fn warnings(&self) -> usize {
-        self.problems.len() - self.errors()
+        let own = self.problems.iter().filter(|p| !p.is_error()).count();
+        own + self.others.iter().map(Report::warnings).sum::<usize>()
+    }
+
+    /// Whether there is nothing to show, here or in the other files.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.others.iter().all(Report::is_clean)
     }
 
     /// One line per problem: `file:line:col: error: message (help: …)`. For logs.
     pub fn one_line_each(&self) -> Vec<String> {
+        let mut lines = self.own_lines();
+        for other in &self.others {
+            lines.extend(other.one_line_each());
+        }
+        lines
+    }
+
+    fn own_lines(&self) -> Vec<String> {
         self.problems
             .iter()
             .map(|problem| {
@@ -201,11 +227,14 @@ impl Report {
         };
         let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1);
         let mut out = String::new();
-        for (problem, line) in self.problems.iter().zip(self.one_line_each()) {
+        for (problem, line) in self.problems.iter().zip(self.own_lines()) {
             let _ = writeln!(out, "{line}");
             let diagnostic = Rendered::new(problem, &self.sources);
             let _ = handler.render_report(&mut out, &diagnostic);
             out.push('\n');
+        }
+        for other in self.others.iter().filter(|other| !other.is_clean()) {
+            out.push_str(&other.render(color));
         }
         let _ = writeln!(
             out,
@@ -317,15 +346,15 @@ mod tests {
     #[test]
     fn rendering_names_file_line_and_column() {
         let sources = Sources::new(Path::new("p.toml"), "a = 1\nbackend = \"x\"\n".into());
-        let report = Report {
+        let report = Report::new(
             sources,
-            problems: vec![
+            vec![
                 Problem::error("unknown backend `x`")
                     .at(16..19)
                     .label("not declared")
                     .help("declare it"),
             ],
-        };
+        );
         let text = report.render(false);
         assert!(
             text.contains("p.toml:2:11: error: unknown backend `x` (help: declare it)"),

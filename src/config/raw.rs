@@ -23,6 +23,7 @@ pub const SECTIONS: &[&str] = &[
     "tokens",
     "redis",
     "identity_headers",
+    "policies",
     "backends",
     "route",
 ];
@@ -105,6 +106,12 @@ pub struct Redis {
     pub url: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
     pub timeout: Option<Spanned<DurationText>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policies {
+    pub dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

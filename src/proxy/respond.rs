@@ -173,7 +173,13 @@ pub fn log(
         .client
         .as_ref()
         .map(|client| client.client_ip.to_string());
-    let reason = ctx.refusal.as_ref().map(ToString::to_string);
+    // Why the gateway refused, or why a policy rule allowed.
+    let reason = ctx.refusal.as_ref().map(ToString::to_string).or_else(|| {
+        ctx.permit
+            .as_ref()
+            .and_then(|permit| permit.because())
+            .map(str::to_owned)
+    });
     audit.record(&DecisionRecord {
         time: crate::audit::now(),
         kind: "decision",

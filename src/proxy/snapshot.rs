@@ -13,6 +13,7 @@ use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
 use crate::config::{Backend, Config};
 use crate::forwarding::{IdentitySigner, TrustedProxies};
+use crate::policy::rules::RuleSet;
 use crate::rate_limit::RateLimits;
 use crate::route::RouteTable;
 use crate::tls::{TlsError, backend_ca};
@@ -25,6 +26,8 @@ pub struct Snapshot {
     trusted_proxies: TrustedProxies,
     rate_limits: RateLimits,
     signer: Option<IdentitySigner>,
+    /// Policy rules; when set, they replace `routes`.
+    rules: Option<Arc<RuleSet>>,
 }
 
 impl Snapshot {
@@ -41,12 +44,17 @@ impl Snapshot {
                 .unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000")),
             trusted_proxies: config.server.trusted_proxies.clone(),
             rate_limits: RateLimits::default(),
+            rules: config.rules.clone(),
             signer: config
                 .identity_headers
                 .signing_secret
                 .as_ref()
                 .map(|secret| IdentitySigner::new(secret.expose())),
         })
+    }
+
+    pub fn rules(&self) -> Option<&RuleSet> {
+        self.rules.as_deref()
     }
 
     pub fn routes(&self) -> &RouteTable {

@@ -21,6 +21,7 @@ mod directory_cli;
 mod failures;
 mod headers;
 mod no_secrets;
+mod policies;
 mod redirect;
 mod responses;
 mod shutdown;

@@ -1,0 +1,526 @@
+//! Policy files: `policies/*.toml`, merged into one [`RuleSet`].
+//!
+//! ```toml
+//! [[route]]
+//! id = "asset-read"                        # stable; in audit records and errors
+//! match = "GET|HEAD /api/v3_0/assets/{id}" # methods (or `*`) and a path template
+//! host = "*"                               # optional: `*`, `name`, `*.name`
+//! backend = "flexmeasures"
+//! auth = "token"                           # public | token | session | token-or-session
+//! permission = "read"                      # optional; else from the method
+//! allow = ["account:{owner}", ["role:consultant", "account:{consultancy}"]]
+//! mode = "enforce"                         # or "shadow": log would-be refusals only
+//! ```
+//!
+//! Every file is checked completely and every problem reported with file:line:col
+//! (each file has a report of its own, attached to the configuration's). Rules that
+//! would decide the same requests are reported in both places.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::principal::{Allow, Principal};
+use super::rules::{METHODS, Mode, Permission, Rule, RuleSet};
+use super::template::Template;
+use crate::config::diagnostic::{Problem, Report, Sources, nearest};
+use crate::route::{Access, HostPattern};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Spanned<String>,
+    #[serde(rename = "match")]
+    matches: Spanned<String>,
+    host: Option<Spanned<String>>,
+    backend: Spanned<String>,
+    auth: Option<Spanned<String>>,
+    permission: Option<Spanned<String>>,
+    allow: Option<Spanned<toml::Value>>,
+    mode: Option<Spanned<String>>,
+}
+
+const RULE_KEYS: &[&str] = &[
+    "id",
+    "match",
+    "host",
+    "backend",
+    "auth",
+    "permission",
+    "allow",
+    "mode",
+];
+
+/// Where a rule was written, for problems that involve two rules.
+#[derive(Debug, Clone)]
+struct Place {
+    file: usize,
+    span: Range<usize>,
+}
+
+/// The policy directory's rules, when every file is valid, and a report per file.
+#[derive(Debug)]
+pub struct Loaded {
+    pub rules: Option<RuleSet>,
+    pub reports: Vec<Report>,
+}
+
+/// Loads every `*.toml` directly in `dir` (sorted by name) against the configured
+/// backends.
+pub fn load(dir: &Path, backends: &[Arc<str>]) -> Loaded {
+    let mut reports = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) => {
+            let sources = Sources::new(dir, String::new());
+            reports.push(Report::new(
+                sources,
+                vec![
+                    Problem::error(format!("cannot read the policy directory: {error}"))
+                        .help("`[policies] dir` names a directory of *.toml policy files"),
+                ],
+            ));
+            return Loaded {
+                rules: None,
+                reports,
+            };
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.is_file() && path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut places: Vec<Place> = Vec::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for (file, path) in paths.iter().enumerate() {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut check = FileCheck {
+            problems: Vec::new(),
+            backends,
+        };
+        for (rule, span) in check.file(&text) {
+            if let Some(first) = ids.get(rule.id.as_ref()) {
+                let other = places
+                    .get(*first)
+                    .map(|p| position(&paths, &reports, p, &text, file, path));
+                check.problems.push(
+                    Problem::error(format!("rule id `{}` is used twice", rule.id))
+                        .at(span.clone())
+                        .help(format!(
+                            "ids are unique across policy files; the other is at {}",
+                            other.unwrap_or_default()
+                        )),
+                );
+                continue;
+            }
+            ids.insert(rule.id.to_string(), rules.len());
+            rules.push(rule);
+            places.push(Place { file, span });
+        }
+        if rules.is_empty() && file + 1 == paths.len() && check.problems.is_empty() {
+            check.problems.push(Problem::warning(
+                "no policy rules: every request will be refused with 404",
+            ));
+        }
+        let mut problems = check.problems;
+        problems.sort_by_key(|p| p.span.as_ref().map(|s| s.start));
+        reports.push(Report::new(Sources::new(path, text), problems));
+    }
+    if paths.is_empty() {
+        reports.push(Report::new(
+            Sources::new(dir, String::new()),
+            vec![
+                Problem::error("the policy directory has no *.toml files")
+                    .help("add a policy file (see policies/example.toml) or remove `[policies]`"),
+            ],
+        ));
+    }
+    let failed = reports.iter().any(Report::has_errors);
+    match RuleSet::build(rules.clone()) {
+        Ok(set) if !failed => Loaded {
+            rules: Some(set),
+            reports,
+        },
+        Ok(_) => Loaded {
+            rules: None,
+            reports,
+        },
+        Err(conflicts) => {
+            let index: HashMap<&str, usize> = rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.id.as_ref(), i))
+                .collect();
+            for conflict in conflicts {
+                let (Some(&at), Some(&other)) = (
+                    index.get(conflict.rule.as_ref()),
+                    index.get(conflict.existing.as_ref()),
+                ) else {
+                    continue;
+                };
+                let (Some(place), Some(other_place)) = (places.get(at), places.get(other)) else {
+                    continue;
+                };
+                let other_position = reports
+                    .get(other_place.file)
+                    .map(|r| r.sources.position(&other_place.span))
+                    .unwrap_or_default();
+                if let Some(report) = reports.get_mut(place.file) {
+                    report.problems.push(
+                        Problem::error(format!(
+                            "rules `{}` and `{}` both decide {} requests to the same path",
+                            conflict.rule, conflict.existing, conflict.method
+                        ))
+                        .at(place.span.clone())
+                        .help(format!(
+                            "make one more specific (a literal segment where the other has a parameter), or split the methods; `{}` is at {other_position}",
+                            conflict.existing
+                        )),
+                    );
+                }
+            }
+            Loaded {
+                rules: None,
+                reports,
+            }
+        }
+    }
+}
+
+/// `file:line:col` of a rule written in an earlier file, or in the current one.
+fn position(
+    paths: &[PathBuf],
+    reports: &[Report],
+    place: &Place,
+    current_text: &str,
+    current: usize,
+    current_path: &Path,
+) -> String {
+    if place.file == current {
+        return Sources::new(current_path, current_text.to_owned()).position(&place.span);
+    }
+    reports
+        .get(place.file)
+        .map(|r| r.sources.position(&place.span))
+        .or_else(|| paths.get(place.file).map(|p| p.display().to_string()))
+        .unwrap_or_default()
+}
+
+struct FileCheck<'b> {
+    problems: Vec<Problem>,
+    backends: &'b [Arc<str>],
+}
+
+impl FileCheck<'_> {
+    fn error(&mut self, problem: Problem) {
+        self.problems.push(problem);
+    }
+
+    fn file(&mut self, text: &str) -> Vec<(Rule, Range<usize>)> {
+        let (root, syntax_errors) = DeTable::parse_recoverable(text);
+        for error in syntax_errors {
+            self.error(
+                Problem::error(format!("invalid TOML: {}", error.message().trim()))
+                    .at_opt(error.span()),
+            );
+        }
+        let mut root = root.into_inner();
+        for (key, _) in root.iter() {
+            if key.get_ref().as_ref() != "route" {
+                self.error(
+                    Problem::error(format!("unknown key `{}`", key.get_ref()))
+                        .at(key.span())
+                        .help("a policy file holds [[route]] tables"),
+                );
+            }
+        }
+        let Some(value) = root.remove("route") else {
+            return Vec::new();
+        };
+        let span = value.span();
+        let DeValue::Array(items) = value.into_inner() else {
+            self.error(Problem::error("`route` must be an array of tables").at(span));
+            return Vec::new();
+        };
+        let mut rules = Vec::new();
+        for item in items.iter() {
+            let item_span = item.span();
+            match RawRule::deserialize(ValueDeserializer::from(item.clone())) {
+                Ok(raw) => {
+                    let span = raw.id.span();
+                    if let Some(rule) = self.rule(raw) {
+                        rules.push((rule, span));
+                    }
+                }
+                Err(error) => {
+                    let message = error.message().trim().to_owned();
+                    let mut problem = Problem::error(format!("in [[route]]: {message}"))
+                        .at(error.span().unwrap_or(item_span));
+                    let unknown = message
+                        .strip_prefix("unknown field `")
+                        .and_then(|m| m.split('`').next());
+                    problem = match unknown.and_then(|u| nearest(u, RULE_KEYS.iter().copied())) {
+                        Some(near) => problem.help(format!("did you mean `{near}`?")),
+                        None => problem.help(format!("a rule has {}", RULE_KEYS.join(", "))),
+                    };
+                    self.error(problem);
+                }
+            }
+        }
+        rules
+    }
+
+    fn rule(&mut self, raw: RawRule) -> Option<Rule> {
+        let id = raw.id.get_ref().clone();
+        let mut ok = true;
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            self.error(
+                Problem::error(format!("`{id}` is not a valid rule id"))
+                    .at(raw.id.span())
+                    .help("use letters, digits, `-`, `_`, `.` or `:`"),
+            );
+            ok = false;
+        }
+        let (methods, template) = match self.matches(&raw.matches) {
+            Some(parsed) => parsed,
+            None => (
+                Vec::new(),
+                Template {
+                    segments: Vec::new(),
+                },
+            ),
+        };
+        ok &= !methods.is_empty();
+        let host = match &raw.host {
+            None => HostPattern::Any,
+            Some(text) => HostPattern::parse(text.get_ref()).unwrap_or_else(|| {
+                self.error(
+                    Problem::error(format!("`{}` is not a host pattern", text.get_ref()))
+                        .at(text.span())
+                        .help("write `*`, `example.com` or `*.example.com`"),
+                );
+                ok = false;
+                HostPattern::Any
+            }),
+        };
+        let backend = raw.backend.get_ref().as_str();
+        if !self.backends.iter().any(|b| b.as_ref() == backend) {
+            let mut problem = Problem::error(format!("unknown backend `{backend}`"))
+                .at(raw.backend.span())
+                .label("not in [backends]");
+            problem = match nearest(backend, self.backends.iter().map(AsRef::as_ref)) {
+                Some(near) => problem.help(format!("did you mean `{near}`?")),
+                None => problem.help("declare it as [backends.NAME] in the configuration"),
+            };
+            self.error(problem);
+            ok = false;
+        }
+        let access = match &raw.auth {
+            None => Access::Token,
+            Some(text) => Access::parse(text.get_ref()).unwrap_or_else(|| {
+                let mut problem = Problem::error(format!("unknown auth mode `{}`", text.get_ref()))
+                    .at(text.span());
+                if let Some(near) = nearest(text.get_ref(), Access::NAMES.iter().copied()) {
+                    problem = problem.help(format!("did you mean `{near}`?"));
+                }
+                self.error(problem);
+                ok = false;
+                Access::Token
+            }),
+        };
+        let permission = raw.permission.as_ref().and_then(|text| {
+            let parsed = Permission::parse(text.get_ref());
+            if parsed.is_none() {
+                let mut problem =
+                    Problem::error(format!("unknown permission `{}`", text.get_ref()))
+                        .at(text.span());
+                problem = match nearest(text.get_ref(), Permission::NAMES.iter().copied()) {
+                    Some(near) => problem.help(format!("did you mean `{near}`?")),
+                    None => problem.help(format!("use one of: {}", Permission::NAMES.join(", "))),
+                };
+                self.error(problem);
+                ok = false;
+            }
+            parsed
+        });
+        let mode = match raw.mode.as_ref().map(|m| m.get_ref().as_str()) {
+            None | Some("enforce") => Mode::Enforce,
+            Some("shadow") => Mode::Shadow,
+            Some(other) => {
+                if let Some(text) = &raw.mode {
+                    self.error(
+                        Problem::error(format!("unknown mode `{other}`"))
+                            .at(text.span())
+                            .help("use `enforce` (default) or `shadow`"),
+                    );
+                }
+                ok = false;
+                Mode::Enforce
+            }
+        };
+        let allow = match (&raw.allow, access) {
+            (Some(allow), Access::Public) => {
+                self.error(
+                    Problem::error("a public rule admits everyone; `allow` would be ignored")
+                        .at(allow.span())
+                        .help("remove `allow`, or set `auth` to `token`"),
+                );
+                ok = false;
+                Allow::default()
+            }
+            (None, Access::Public) => Allow::default(),
+            (None, _) => {
+                self.error(
+                    Problem::error(format!("rule `{id}` has no `allow` list"))
+                        .at(raw.id.span())
+                        .help("say who may: `allow = [\"every-logged-in-user\"]`, or `allow = []` for admins only"),
+                );
+                ok = false;
+                Allow::default()
+            }
+            (Some(allow), _) => match self.allow(allow, &template) {
+                Some(allow) => allow,
+                None => {
+                    ok = false;
+                    Allow::default()
+                }
+            },
+        };
+        ok.then(|| Rule {
+            id: id.into(),
+            host,
+            methods,
+            template,
+            backend: backend.into(),
+            access,
+            permission,
+            allow,
+            mode,
+        })
+    }
+
+    /// `GET|HEAD /path/{x}` or `* /path`.
+    fn matches(&mut self, text: &Spanned<String>) -> Option<(Vec<&'static str>, Template)> {
+        let span = text.span();
+        let Some((methods, path)) = text.get_ref().trim().split_once(' ') else {
+            self.error(
+                Problem::error("`match` is `METHODS PATH`")
+                    .at(span)
+                    .help("e.g. `GET /api/v3_0/assets/{id}`, `GET|HEAD /x`, `* /static/{path*}`"),
+            );
+            return None;
+        };
+        let mut parsed = Vec::new();
+        if methods == "*" {
+            parsed.extend_from_slice(METHODS);
+        } else {
+            for method in methods.split('|') {
+                match METHODS.iter().find(|m| **m == method) {
+                    Some(m) => parsed.push(*m),
+                    None => {
+                        let mut problem =
+                            Problem::error(format!("unknown method `{method}`")).at(span.clone());
+                        problem = match nearest(method, METHODS.iter().copied()) {
+                            Some(near) => problem.help(format!("did you mean `{near}`?")),
+                            None => problem.help(format!("use {} or `*`", METHODS.join(", "))),
+                        };
+                        self.error(problem);
+                        return None;
+                    }
+                }
+            }
+        }
+        match Template::parse(path.trim()) {
+            Ok(template) => Some((parsed, template)),
+            Err(error) => {
+                self.error(Problem::error(format!("in `match`: {error}")).at(span));
+                None
+            }
+        }
+    }
+
+    /// A list of principals and lists of principals.
+    fn allow(&mut self, value: &Spanned<toml::Value>, template: &Template) -> Option<Allow> {
+        let span = value.span();
+        let toml::Value::Array(items) = value.get_ref() else {
+            self.error(Problem::error("`allow` is a list").at(span));
+            return None;
+        };
+        let mut any_of = Vec::new();
+        let mut ok = true;
+        for item in items {
+            let group: Vec<&toml::Value> = match item {
+                toml::Value::Array(inner) => inner.iter().collect(),
+                other => vec![other],
+            };
+            let mut principals = Vec::new();
+            for entry in group {
+                let Some(text) = entry.as_str() else {
+                    self.error(
+                        Problem::error("`allow` holds principal strings and lists of them")
+                            .at(span.clone()),
+                    );
+                    ok = false;
+                    continue;
+                };
+                match Principal::parse(text) {
+                    Ok(principal) => {
+                        // A relation names a path parameter (or, later, a resolved
+                        // attribute); an unknown name would never match.
+                        if let Some(name) = principal.relation()
+                            && !template.parameters().any(|p| p == name)
+                        {
+                            self.error(
+                                Problem::error(format!(
+                                    "`{text}` names `{{{name}}}`, which is not a parameter of this rule's path"
+                                ))
+                                .at(span.clone())
+                                .help("use a `{name}` from `match`"),
+                            );
+                            ok = false;
+                        }
+                        principals.push(principal);
+                    }
+                    Err(error) => {
+                        let kind = text.split(':').next().unwrap_or_default();
+                        let kinds = [
+                            "user",
+                            "account",
+                            "role",
+                            "account-role",
+                            "every-logged-in-user",
+                        ];
+                        let mut problem =
+                            Problem::error(format!("in `allow`: {error}")).at(span.clone());
+                        if let Some(near) =
+                            nearest(kind, kinds.iter().copied()).filter(|n| *n != kind)
+                        {
+                            problem = problem.help(format!("did you mean `{near}`?"));
+                        }
+                        self.error(problem);
+                        ok = false;
+                    }
+                }
+            }
+            any_of.push(principals);
+        }
+        ok.then_some(Allow { any_of })
+    }
+}
+
+/// Backend names of a configuration, for [`load`].
+pub fn backend_names<V>(backends: &BTreeMap<Arc<str>, V>) -> Vec<Arc<str>> {
+    backends.keys().cloned().collect()
+}

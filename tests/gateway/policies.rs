@@ -1,0 +1,249 @@
+//! Policy files through the real gateway: the most specific rule decides, allow lists
+//! and built-in roles, shadow mode, deny by default; and `check` reports policy
+//! problems with file:line:col.
+
+use std::path::Path;
+
+use portcullis::config;
+
+use super::support::{EchoBackend, Ports, TestGateway, config_text};
+use super::users::{PASSWORD, Stores, cli_ok, get_with, login};
+
+fn gateway_with_example_policy(backend: std::net::SocketAddr) -> TestGateway {
+    TestGateway::start_with(|ports: Ports, dir: &Path| {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).expect("policies dir");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/example.toml"),
+            policies.join("example.toml"),
+        )
+        .expect("copy example");
+        let body = format!(
+            "{}\n[policies]\ndir = \"policies\"\n\n[backends.app]\naddress = \"{backend}\"\n",
+            Stores::sqlite().sections(dir)
+        );
+        config_text(ports, dir, &body)
+    })
+}
+
+fn add_user(config: &Path, email: &str, account: &str, roles: &[&str]) {
+    let mut args = vec![
+        "user",
+        "add",
+        "--email",
+        email,
+        "--account",
+        account,
+        "--password-stdin",
+    ];
+    for role in roles {
+        args.extend(["--role", role]);
+    }
+    cli_ok(config, &args, Some(&format!("{PASSWORD}\n")));
+}
+
+async fn token_of(gateway: &TestGateway, email: &str) -> String {
+    let (status, json) = login(gateway, email, PASSWORD).await;
+    assert_eq!(status, 200, "{json}");
+    json["auth_token"].as_str().expect("token").to_owned()
+}
+
+async fn status(gateway: &TestGateway, method: &str, path: &str, token: &str) -> u16 {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    gateway.tls().raw(request.as_bytes()).await.status
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_policy_decides_by_account_role_and_rule() {
+    let backend = EchoBackend::start();
+    let gateway = gateway_with_example_policy(backend.address);
+    cli_ok(&gateway.config, &["account", "add", "Acme"], None); // id 1
+    cli_ok(
+        &gateway.config,
+        &[
+            "account",
+            "add",
+            "Beta",
+            "--role",
+            "MyService-subscriber",
+            "--new-role",
+        ],
+        None,
+    ); // id 2
+    add_user(
+        &gateway.config,
+        "ann@example.com",
+        "Acme",
+        &["account-admin"],
+    );
+    add_user(&gateway.config, "bob@example.com", "Acme", &[]);
+    add_user(&gateway.config, "eve@example.com", "Beta", &[]);
+    add_user(&gateway.config, "root@example.com", "Beta", &["admin"]);
+    add_user(
+        &gateway.config,
+        "audit@example.com",
+        "Beta",
+        &["admin-reader"],
+    );
+    let ann = token_of(&gateway, "ann@example.com").await;
+    let bob = token_of(&gateway, "bob@example.com").await;
+    let eve = token_of(&gateway, "eve@example.com").await;
+    let root = token_of(&gateway, "root@example.com").await;
+    let auditor = token_of(&gateway, "audit@example.com").await;
+
+    // Public, and deny by default.
+    assert_eq!(get_with(&gateway, "/health", "none").await, 200);
+    assert_eq!(status(&gateway, "GET", "/elsewhere", &ann).await, 404);
+    assert_eq!(
+        gateway.tls().get("/accounts/1/data/x", "").await.status,
+        401
+    );
+
+    // Members read their account's data; others do not.
+    assert_eq!(
+        status(&gateway, "GET", "/accounts/1/data/x", &bob).await,
+        200
+    );
+    assert_eq!(
+        status(&gateway, "GET", "/accounts/1/data/x", &eve).await,
+        403
+    );
+    assert_eq!(
+        status(&gateway, "GET", "/accounts/2/data/x", &bob).await,
+        403
+    );
+    // Writes need the account and the role (an AND group).
+    assert_eq!(
+        status(&gateway, "PATCH", "/accounts/1/data/x", &ann).await,
+        200
+    );
+    assert_eq!(
+        status(&gateway, "PATCH", "/accounts/1/data/x", &bob).await,
+        403
+    );
+    // Built-in roles: admin everything, admin-reader reads only.
+    assert_eq!(
+        status(&gateway, "DELETE", "/accounts/1/data/x", &root).await,
+        200
+    );
+    assert_eq!(status(&gateway, "POST", "/admin/users", &root).await, 200);
+    assert_eq!(
+        status(&gateway, "GET", "/accounts/1/data/x", &auditor).await,
+        200
+    );
+    assert_eq!(
+        status(&gateway, "PATCH", "/accounts/1/data/x", &auditor).await,
+        403
+    );
+    assert_eq!(status(&gateway, "GET", "/admin/users", &ann).await, 403);
+    // Shadow mode: a non-subscriber is let through, and the audit says so.
+    assert_eq!(status(&gateway, "GET", "/reports/q1", &bob).await, 200);
+    assert_eq!(status(&gateway, "GET", "/reports/q1", &eve).await, 200);
+
+    let forwarded: Vec<String> = backend
+        .received()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.target))
+        .collect();
+    assert!(
+        !forwarded.iter().any(|r| r.contains("/accounts/2")),
+        "{forwarded:?}"
+    );
+    let records = super::audit::records(&gateway.audit, 19).await;
+    let shadow: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["route"] == "reports").collect();
+    assert_eq!(shadow.len(), 2);
+    assert!(
+        shadow[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("shadow: would refuse `read`")),
+        "{:?}",
+        shadow[0]
+    );
+    assert_eq!(shadow[1]["reason"], "account-role:MyService-subscriber");
+    let refused = records
+        .iter()
+        .find(|r| r["status"] == 403)
+        .expect("a refusal");
+    assert_eq!(refused["route"], "account-data-read");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not allow")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn policy_problems_are_reported_with_file_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("dir");
+    std::fs::write(
+        policies.join("a.toml"),
+        r#"[[route]]
+id = "one"
+match = "GET /items/{id}"
+backend = "ap"
+allow = ["acount:{id}"]
+
+[[route]]
+id = "two"
+match = "GTE /x"
+backend = "app"
+allow = ["account:{owner}"]
+"#,
+    )
+    .expect("write");
+    std::fs::write(
+        policies.join("b.toml"),
+        r#"[[route]]
+id = "three"
+match = "GET /items/{item}"
+backend = "app"
+allow = ["every-logged-in-user"]
+
+[[route]]
+id = "four"
+match = "GET|POST /items/{other}"
+backend = "app"
+allow = ["every-logged-in-user"]
+
+[[route]]
+id = "five"
+match = "GET /five"
+backend = "app"
+allow = []
+permision = "read"
+"#,
+    )
+    .expect("write");
+    let text = "[listen]\nhttps = [\"127.0.0.1:1\"]\n[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n\
+                [policies]\ndir = \"policies\"\n[backends.app]\naddress = \"127.0.0.1:5000\"\n";
+    let loaded = config::parse(&dir.path().join("portcullis.toml"), text.into(), Vec::new());
+    assert!(loaded.config.is_none());
+    let lines = loaded.report.one_line_each().join("\n");
+    let a = policies.join("a.toml").display().to_string();
+    let b = policies.join("b.toml").display().to_string();
+    for expected in [
+        format!("{a}:4:11: error: unknown backend `ap` (help: did you mean `app`?)"),
+        format!("{a}:5:9: error: in `allow`: unknown principal `acount:{{id}}`"),
+        format!("{a}:9:9: error: unknown method `GTE`"),
+        format!("{a}:11:9: error: `account:{{owner}}` names `{{owner}}`, which is not a parameter"),
+        format!("{b}:18:1: error: in [[route]]: unknown field `permision`"),
+        format!(
+            "{b}:8:6: error: rules `four` and `three` both decide GET requests to the same path"
+        ),
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "missing `{expected}` in:\n{lines}"
+        );
+    }
+    assert!(lines.contains("did you mean `permission`?"), "{lines}");
+    assert!(lines.contains("did you mean `account`?"), "{lines}");
+    assert!(lines.contains(&format!("`three` is at {b}:2:6")), "{lines}");
+    assert_eq!(loaded.report.errors(), 6, "{lines}");
+}
