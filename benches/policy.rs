@@ -20,8 +20,11 @@ fn rules(count: usize) -> RuleSet {
             id: format!("rule-{i}").into(),
             host: HostPattern::Any,
             methods: vec![METHODS[i % 3]],
-            template: Template::parse(&format!("/api/v{}/things-{i}/{{id}}/items/{{rest*}}", i % 7))
-                .expect("template"),
+            template: Template::parse(&format!(
+                "/api/v{}/things-{i}/{{id}}/items/{{rest*}}",
+                i % 7
+            ))
+            .expect("template"),
             backend: "app".into(),
             access: Access::Token,
             permission: None,
@@ -56,7 +59,9 @@ fn decisions(c: &mut Criterion) {
         let path = format!("/api/v{}/things-{target}/42/items/a/b", target % 7);
         group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
             b.iter(|| {
-                let matched = set.find(Some("api.example.com"), method, &path).expect("rule");
+                let matched = set
+                    .find(Some("api.example.com"), method, &path)
+                    .expect("rule");
                 let value = |name: &str| {
                     matched
                         .captures

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod admin;
+mod policy;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +59,9 @@ pub enum Command {
     /// Access tokens: issue one for a service account, revoke a user's tokens.
     #[command(subcommand)]
     Token(admin::TokenCommand),
+    /// Policy files: run their test cases, explain a decision.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// The native directory's database: migrations.
     #[command(subcommand)]
     Directory(admin::DirectoryCommand),
@@ -127,6 +131,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::User(command) => admin::user(command),
         Command::Token(command) => admin::token(command),
         Command::Directory(command) => admin::directory(command),
+        Command::Policy(command) => policy::execute(command),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

@@ -59,6 +59,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// Rules from the policy files, when `[policies]` is set.
     pub rules: Option<Arc<crate::policy::rules::RuleSet>>,
+    /// Where the policy files are, when `[policies]` is set.
+    pub policies_dir: Option<PathBuf>,
     /// Where each checked value came from, so later checks (certificates) can point at it.
     pub spans: SpanIndex,
 }
@@ -471,6 +473,7 @@ impl Check<'_> {
         let redis = redis.and_then(|redis| self.redis(redis, redis_span));
         let identity_headers = self.identity_headers(identity_headers);
         let backends = self.backends(backends_value, &mut spans);
+        let policies_dir = policies.dir.as_ref().map(|dir| self.path(dir.get_ref()));
         let (routes, rules) = match policies.dir {
             Some(dir) => {
                 if let Some(routes) = &routes_value {
@@ -501,6 +504,7 @@ impl Check<'_> {
             backends,
             routes,
             rules,
+            policies_dir,
             spans,
         })
     }

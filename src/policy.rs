@@ -9,6 +9,7 @@
 //! caller with a verified token; `session` needs a web-login session, which no
 //! caller has yet.
 
+pub mod cases;
 pub mod file;
 pub mod principal;
 pub mod rules;

@@ -161,6 +161,22 @@ impl Template {
     }
 }
 
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.segments.is_empty() {
+            return f.write_str("/");
+        }
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(text) => write!(f, "/{text}")?,
+                Segment::Parameter(name) => write!(f, "/{{{name}}}")?,
+                Segment::Rest(name) => write!(f, "/{{{name}*}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Parameter values of a match, in template order.
 pub type Captures = Vec<(String, String)>;
 

@@ -247,3 +247,107 @@ permision = "read"
     assert!(lines.contains(&format!("`three` is at {b}:2:6")), "{lines}");
     assert_eq!(loaded.report.errors(), 6, "{lines}");
 }
+
+/// A configuration over the shipped policy directory (for the policy tools).
+fn shipped_policies_config(dir: &Path) -> std::path::PathBuf {
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let path = dir.join("portcullis.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nhttps = [\"127.0.0.1:1\"]\n[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n\
+             {}\n[policies]\ndir = \"{}\"\n[backends.app]\naddress = \"127.0.0.1:5000\"\n",
+            Stores::sqlite().sections(dir),
+            policies.display()
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+#[test]
+fn the_shipped_policy_passes_its_test_cases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = shipped_policies_config(dir.path());
+    let output = super::users::cli(&config, &["policy", "test"], None);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("10 case(s), 0 failed"), "{stdout}");
+
+    // A wrong expectation fails the run and says what happened.
+    let cases = dir.path().join("cases");
+    std::fs::create_dir_all(&cases).expect("dir");
+    std::fs::write(
+        cases.join("wrong.toml"),
+        "[[case]]\nname = \"wrong\"\nrequest = \"GET /accounts/1/data/x\"\nidentity = { user = 1, account = 2 }\nexpect = \"allow\"\n",
+    )
+    .expect("write");
+    let output = super::users::cli(
+        &config,
+        &["policy", "test", "--cases", cases.to_str().expect("utf8")],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL wrong") && stdout.contains("got Deny by rule account-data-read"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn explain_shows_the_rule_and_each_principal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = shipped_policies_config(dir.path());
+    let stdout = cli_ok(
+        &config,
+        &[
+            "policy",
+            "explain",
+            "--account",
+            "2",
+            "--roles",
+            "consultant",
+            "PATCH",
+            "/accounts/1/data/x",
+        ],
+        None,
+    );
+    assert!(stdout.contains("rule `account-data-write`"), "{stdout}");
+    assert!(
+        stdout.contains("path parameters: account=1, rest=x"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("allow [1]: account:{account} no and role:account-admin no"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("decision: deny (403)"), "{stdout}");
+
+    // With a user from the directory.
+    cli_ok(&config, &["account", "add", "Acme"], None);
+    add_user(&config, "ann@example.com", "Acme", &["account-admin"]);
+    let stdout = cli_ok(
+        &config,
+        &[
+            "policy",
+            "explain",
+            "--user",
+            "ann@example.com",
+            "PATCH",
+            "/accounts/1/data/x",
+        ],
+        None,
+    );
+    assert!(
+        stdout.contains("allow [1]: account:{account} yes and role:account-admin yes"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("decision: allow"), "{stdout}");
+    let stdout = cli_ok(&config, &["policy", "explain", "GET", "/nowhere"], None);
+    assert!(stdout.contains("no rule matches"), "{stdout}");
+}
