@@ -4,6 +4,7 @@
 
 #![allow(
     clippy::expect_used,
+    clippy::indexing_slicing,
     reason = "a benchmark whose setup fails has nothing to measure"
 )]
 
