@@ -61,6 +61,8 @@ pub struct Config {
     pub rules: Option<Arc<crate::policy::rules::RuleSet>>,
     /// Where the policy files are, when `[policies]` is set.
     pub policies_dir: Option<PathBuf>,
+    /// How often the policy files are looked at for changes; zero: only on SIGHUP.
+    pub policies_reload_interval: Duration,
     /// Where each checked value came from, so later checks (certificates) can point at it.
     pub spans: SpanIndex,
 }
@@ -474,6 +476,12 @@ impl Check<'_> {
         let identity_headers = self.identity_headers(identity_headers);
         let backends = self.backends(backends_value, &mut spans);
         let policies_dir = policies.dir.as_ref().map(|dir| self.path(dir.get_ref()));
+        let policies_reload_interval = self.duration(
+            policies.reload_interval,
+            Duration::from_secs(1),
+            Duration::ZERO..Duration::from_secs(3601),
+            "reload_interval",
+        );
         let (routes, rules) = match policies.dir {
             Some(dir) => {
                 if let Some(routes) = &routes_value {
@@ -505,6 +513,7 @@ impl Check<'_> {
             routes,
             rules,
             policies_dir,
+            policies_reload_interval,
             spans,
         })
     }

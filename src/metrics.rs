@@ -19,6 +19,8 @@ pub struct Metrics {
     audit_dropped: prometheus::IntCounter,
     token_checks: IntCounterVec,
     logins: IntCounterVec,
+    policy_reloads: IntCounterVec,
+    policy_reloaded_at: IntGauge,
 }
 
 /// What became of a request.
@@ -97,6 +99,19 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let policy_reloads = IntCounterVec::new(
+            Opts::new(
+                "policy_reloads_total",
+                "Policy reload attempts by result (a failure keeps the last good policy).",
+            ),
+            &["result"],
+        )?;
+        let policy_reloaded_at = IntGauge::new(
+            "policy_reload_timestamp_seconds",
+            "When the policy in force was loaded (Unix time).",
+        )?;
+        registry.register(Box::new(policy_reloads.clone()))?;
+        registry.register(Box::new(policy_reloaded_at.clone()))?;
         registry.register(Box::new(token_checks.clone()))?;
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
@@ -115,7 +130,18 @@ impl Metrics {
             audit_dropped,
             token_checks,
             logins,
+            policy_reloads,
+            policy_reloaded_at,
         })
+    }
+
+    /// Records a policy (re)load: `true` when the new policy is in force.
+    pub fn policy_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.policy_reloads.with_label_values(&[result]).inc();
+        if success {
+            self.policy_reloaded_at.set(unix_now());
+        }
     }
 
     /// Counts one token check: `cached`, `verified`, `refused` or `unavailable`.

@@ -6,6 +6,7 @@
 
 mod admin;
 mod demo_backend;
+mod policy_reload;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -100,7 +101,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     let mut proxy = http_proxy_service_with_name(
         &conf,
         Gateway::new(
-            snapshot,
+            snapshot.clone(),
             metrics.clone(),
             audit.clone(),
             authenticator.clone(),
@@ -139,6 +140,15 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
                 audit.clone(),
             ),
         ));
+    }
+
+    if let Some(reloader) =
+        policy_reload::PolicyReloader::new(config, snapshot.clone(), metrics.clone(), audit.clone())
+    {
+        if config.rules.is_some() {
+            metrics.policy_reload(true);
+        }
+        server.add_service(background_service("policy reload", reloader));
     }
 
     server.add_service(background_service(

@@ -112,6 +112,7 @@ pub struct Redis {
 #[serde(deny_unknown_fields)]
 pub struct Policies {
     pub dir: Option<Spanned<String>>,
+    pub reload_interval: Option<Spanned<DurationText>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

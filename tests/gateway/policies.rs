@@ -351,3 +351,134 @@ fn explain_shows_the_rule_and_each_principal() {
     let stdout = cli_ok(&config, &["policy", "explain", "GET", "/nowhere"], None);
     assert!(stdout.contains("no rule matches"), "{stdout}");
 }
+
+const STABLE: &str = r#"
+[[route]]
+id = "stable"
+match = "GET /stable/{rest*}"
+backend = "app"
+allow = ["every-logged-in-user"]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_reloads_under_load_lose_no_request_and_keep_the_last_good_policy() {
+    let backend = EchoBackend::start();
+    let mut policies = std::path::PathBuf::new();
+    let gateway = TestGateway::start_with(|ports: Ports, dir: &Path| {
+        policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).expect("dir");
+        std::fs::write(
+            policies.join("p.toml"),
+            format!("{STABLE}\n[[route]]\nid = \"moving\"\nmatch = \"GET /moving\"\nbackend = \"app\"\nallow = []\n"),
+        )
+        .expect("write");
+        let body = format!(
+            "{}\n[policies]\ndir = \"policies\"\nreload_interval = \"50ms\"\n\n[backends.app]\naddress = \"{}\"\n",
+            Stores::sqlite().sections(dir),
+            backend.address
+        );
+        config_text(ports, dir, &body)
+    });
+    cli_ok(&gateway.config, &["account", "add", "Acme"], None);
+    add_user(&gateway.config, "ann@example.com", "Acme", &[]);
+    let token = token_of(&gateway, "ann@example.com").await;
+    assert_eq!(get_with(&gateway, "/moving", &token).await, 403);
+
+    // Load: bounded in count and time, on the one rule every version keeps.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (client, token, stop) = (gateway.tls(), token.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && statuses.len() < 2_000 {
+                let reply = client
+                    .get("/stable/x", &format!("Authorization: {token}\r\n"))
+                    .await;
+                statuses.push(reply.status);
+            }
+            statuses
+        }));
+    }
+    let eventually = |path: &'static str, want: u16| {
+        let (gateway, token) = (&gateway, token.clone());
+        async move {
+            let deadline = std::time::Instant::now() + super::support::DEADLINE;
+            while get_with(gateway, path, &token).await != want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{path} never became {want}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let write = |text: String| std::fs::write(policies.join("p.toml"), text).expect("write");
+    let open_moving = format!(
+        "{STABLE}\n[[route]]\nid = \"moving\"\nmatch = \"GET /moving\"\nbackend = \"app\"\nallow = [\"every-logged-in-user\"]\n"
+    );
+
+    write(open_moving.clone());
+    eventually("/moving", 200).await;
+    // A broken edit: refused, the last good policy stays.
+    write(format!(
+        "{STABLE}\n[[route]]\nid = \"moving\"\nmatch = \"GET /moving\"\nbackend = \"nope\"\nallow = []\n"
+    ));
+    let deadline = std::time::Instant::now() + super::support::DEADLINE;
+    while super::support::metric(
+        &gateway,
+        "portcullis_policy_reloads_total{result=\"failure\"}",
+    )
+    .await
+        != Some(1.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken policy was never looked at"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get_with(&gateway, "/moving", &token).await,
+        200,
+        "last good policy kept"
+    );
+    // Fixed again: the new version applies.
+    write(format!(
+        "{STABLE}\n[[route]]\nid = \"moving\"\nmatch = \"GET /moving\"\nbackend = \"app\"\nallow = []\nmode = \"enforce\"\n"
+    ));
+    eventually("/moving", 403).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for task in load {
+        let statuses = task.await.expect("load task");
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "a request failed during reloads: {statuses:?}"
+        );
+        total += statuses.len();
+    }
+    assert!(total > 0);
+    eprintln!("{total} requests during 3 reloads, all 200");
+    let successes = super::support::metric(
+        &gateway,
+        "portcullis_policy_reloads_total{result=\"success\"}",
+    )
+    .await
+    .expect("metric");
+    assert!(
+        successes >= 3.0,
+        "initial load and two reloads: {successes}"
+    );
+    let records = super::audit::records(&gateway.audit, 1).await;
+    let events: Vec<&str> = records
+        .iter()
+        .filter(|r| r["kind"] == "security")
+        .filter_map(|r| r["event"].as_str())
+        .collect();
+    assert!(
+        events.contains(&"policy-reloaded") && events.contains(&"policy-reload-failed"),
+        "{events:?}"
+    );
+}
