@@ -18,6 +18,11 @@ pub use names::{
     BUILTIN_USER_ROLES, KNOWN_ACCOUNT_ROLES, NameError, normalize_email, validate_role,
 };
 
+/// The known role within two edits of `name`, if any (for typo hints).
+pub fn nearest_role<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    names::nearest(name, known.iter().copied())
+}
+
 use crate::secret::Secret;
 use crate::store::{Cluster, Database, StoreError};
 

@@ -10,6 +10,7 @@
 //! caller has yet.
 
 pub mod cases;
+pub mod diff;
 pub mod file;
 pub mod principal;
 pub mod rules;

@@ -31,6 +31,22 @@ pub enum PolicyCommand {
         )]
         config: PathBuf,
     },
+    /// List who gains or loses access between two policy directories.
+    ///
+    /// Rules are compared by id: `+` access gained, `-` access lost, `~` other
+    /// changes (path, methods, auth, mode). Both directories are checked against the
+    /// configuration's backends.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(
+            short,
+            long,
+            env = "PORTCULLIS_CONFIG",
+            default_value = "portcullis.toml"
+        )]
+        config: PathBuf,
+    },
     /// Show which rule decides a request and why each principal matches or not.
     ///
     /// The caller is a user from the directory (--user) or described by hand
@@ -88,6 +104,7 @@ fn rules(path: &Path) -> Result<(Config, std::sync::Arc<RuleSet>), ExitCode> {
 pub fn execute(command: PolicyCommand) -> ExitCode {
     match command {
         PolicyCommand::Test { cases, config } => test(&config, cases),
+        PolicyCommand::Diff { old, new, config } => diff(&config, &old, &new),
         PolicyCommand::Explain {
             method,
             path,
@@ -161,6 +178,39 @@ fn test(config_path: &Path, cases_dir: Option<PathBuf>) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FAILURE)
     }
+}
+
+fn diff(config_path: &Path, old: &Path, new: &Path) -> ExitCode {
+    let loaded = config::load(config_path);
+    let Some(config) = loaded.config else {
+        eprint!("{}", loaded.report.render(color()));
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let backends = crate::policy::file::backend_names(&config.backends);
+    let mut sets = Vec::new();
+    for dir in [old, new] {
+        let loaded = crate::policy::file::load(dir, &backends);
+        match loaded.rules {
+            Some(rules) => sets.push(rules),
+            None => {
+                for report in loaded.reports.iter().filter(|r| !r.is_clean()) {
+                    eprint!("{}", report.render(color()));
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    let (Some(old_rules), Some(new_rules)) = (sets.first(), sets.get(1)) else {
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    let lines = crate::policy::diff::diff(old_rules, new_rules);
+    if lines.is_empty() {
+        println!("no change in who may reach what");
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// Who to explain for.

@@ -451,6 +451,28 @@ impl FileCheck<'_> {
         }
     }
 
+    /// Role names are free-form, but one or two letters away from a built-in user
+    /// role or a common account role is probably a typo: a warning.
+    fn role_typo(&mut self, principal: &Principal, span: Range<usize>) {
+        let (name, known) = match principal {
+            Principal::Role(name) => (name, crate::directory::BUILTIN_USER_ROLES),
+            Principal::AccountRole(name) => (name, crate::directory::KNOWN_ACCOUNT_ROLES),
+            _ => return,
+        };
+        if known.contains(&name.as_str()) {
+            return;
+        }
+        if let Some(near) = crate::directory::nearest_role(name, known) {
+            self.error(
+                Problem::warning(format!("`{principal}`: no such built-in or common role"))
+                    .at(span)
+                    .help(format!(
+                        "did you mean `{near}`? (custom roles are fine if intended)"
+                    )),
+            );
+        }
+    }
+
     /// A list of principals and lists of principals.
     fn allow(&mut self, value: &Spanned<toml::Value>, template: &Template) -> Option<Allow> {
         let span = value.span();
@@ -477,6 +499,7 @@ impl FileCheck<'_> {
                 };
                 match Principal::parse(text) {
                     Ok(principal) => {
+                        self.role_typo(&principal, span.clone());
                         // A relation names a path parameter (or, later, a resolved
                         // attribute); an unknown name would never match.
                         if let Some(name) = principal.relation()

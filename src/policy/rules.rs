@@ -162,6 +162,11 @@ impl RuleSet {
         }
     }
 
+    /// The rules, in the order they were given.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }

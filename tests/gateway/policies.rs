@@ -212,6 +212,12 @@ backend = "app"
 allow = ["every-logged-in-user"]
 
 [[route]]
+id = "six"
+match = "GET /six"
+backend = "app"
+allow = ["role:admn"]
+
+[[route]]
 id = "five"
 match = "GET /five"
 backend = "app"
@@ -232,7 +238,10 @@ permision = "read"
         format!("{a}:5:9: error: in `allow`: unknown principal `acount:{{id}}`"),
         format!("{a}:9:9: error: unknown method `GTE`"),
         format!("{a}:11:9: error: `account:{{owner}}` names `{{owner}}`, which is not a parameter"),
-        format!("{b}:18:1: error: in [[route]]: unknown field `permision`"),
+        format!("{b}:24:1: error: in [[route]]: unknown field `permision`"),
+        format!(
+            "{b}:17:9: warning: `role:admn`: no such built-in or common role (help: did you mean `admin`?"
+        ),
         format!(
             "{b}:8:6: error: rules `four` and `three` both decide GET requests to the same path"
         ),
@@ -481,4 +490,36 @@ async fn policy_reloads_under_load_lose_no_request_and_keep_the_last_good_policy
         events.contains(&"policy-reloaded") && events.contains(&"policy-reload-failed"),
         "{events:?}"
     );
+}
+
+#[test]
+fn diff_lists_who_gains_and_loses_access() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = shipped_policies_config(dir.path());
+    let new = dir.path().join("new");
+    std::fs::create_dir_all(&new).expect("dir");
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/example.toml"),
+    )
+    .expect("example");
+    std::fs::write(
+        new.join("example.toml"),
+        example.replace(
+            "allow = [\"account:{account}\"]",
+            "allow = [\"account:{account}\", \"role:consultant\"]",
+        ),
+    )
+    .expect("write");
+    let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let stdout = cli_ok(
+        &config,
+        &[
+            "policy",
+            "diff",
+            old.to_str().expect("utf8"),
+            new.to_str().expect("utf8"),
+        ],
+        None,
+    );
+    assert_eq!(stdout.trim(), "+ account-data-read: role:consultant");
 }
