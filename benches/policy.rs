@@ -39,6 +39,7 @@ fn rules(count: usize) -> RuleSet {
                 ],
             },
             mode: Mode::Enforce,
+            resource: None,
         })
         .collect();
     RuleSet::build(rules).expect("no conflicts")

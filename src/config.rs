@@ -536,8 +536,11 @@ impl Check<'_> {
             );
             return None;
         }
-        let loaded =
-            crate::policy::file::load(&path, &crate::policy::file::backend_names(backends));
+        let loaded = crate::policy::file::load(
+            &path,
+            &crate::policy::file::backend_names(backends),
+            self.has_directory,
+        );
         self.others.extend(loaded.reports);
         loaded.rules.map(Arc::new)
     }

@@ -336,6 +336,20 @@ impl Authenticator {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
+    /// Runs a policy resource query on the directory's database (see
+    /// `policy::rules::Resource`), on the identity runtime.
+    pub async fn resolve(
+        &self,
+        query: Arc<str>,
+        key: String,
+    ) -> Result<Option<(Option<i64>, Option<i64>)>, StoreError> {
+        let directory = self.directory.clone();
+        self.handle
+            .spawn(async move { directory.database().resolve(&query, &key).await })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
     /// Verifies the token in an `Authorization` header value.
     pub async fn identify(&self, authorization: &[u8]) -> Result<Verified, IdentityError> {
         let token = token::from_authorization(authorization)

@@ -54,6 +54,7 @@ pub fn authorize_rule(
     matched: &rules::Matched<'_>,
     method: &str,
     caller: &Caller,
+    resolved: Option<&rules::Resolved>,
 ) -> Result<Permit, Rejection> {
     let rule = matched.rule;
     let permit = |because: String| Permit {
@@ -72,12 +73,16 @@ pub fn authorize_rule(
             });
         }
     };
-    let value = |name: &str| {
-        matched
+    // `{owner}` and `{consultancy}` come from the resource lookup; other names from
+    // the path.
+    let value = |name: &str| match (name, resolved) {
+        ("owner", Some(resolved)) => resolved.owner.as_deref(),
+        ("consultancy", Some(resolved)) => resolved.consultancy.as_deref(),
+        _ => matched
             .captures
             .iter()
             .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+            .map(|(_, value)| value.as_str()),
     };
     match (rule.decide(identity, method, value), rule.mode) {
         (rules::Verdict::Allowed { because }, _) => Ok(permit(because)),

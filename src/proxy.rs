@@ -32,6 +32,7 @@ use crate::canonical::canonicalize;
 use crate::forwarding::{ConnectionRewrite, ForwardedFor, Signed, Strip, identity_headers};
 use crate::identity::{Authenticator, Caller, IdentityError, LoginError};
 use crate::metrics::Metrics;
+use crate::policy::rules::{Resolved, ResourceRef};
 use crate::policy::{Permit, authorize, authorize_rule};
 use crate::rejection::Rejection;
 use crate::route::Access;
@@ -176,7 +177,14 @@ impl Gateway {
             ctx.route = Some(matched.rule.id.clone());
             let caller = self.identify(matched.rule.access, session, ctx).await?;
             snapshot.rate_limits().check(&matched.rule.id, &caller)?;
-            return authorize_rule(&matched, &method, &caller).map(Admission::Forward);
+            let resolved = match (&matched.rule.resource, &caller) {
+                (Some(reference), Caller::User(_)) => {
+                    self.resolve(reference, &matched.captures).await?
+                }
+                _ => None,
+            };
+            return authorize_rule(&matched, &method, &caller, resolved.as_ref())
+                .map(Admission::Forward);
         }
         let route = snapshot
             .routes()
@@ -186,6 +194,53 @@ impl Gateway {
         let caller = self.identify(route.access, session, ctx).await?;
         snapshot.rate_limits().check(&route.id, &caller)?;
         authorize(route, &caller).map(Admission::Forward)
+    }
+
+    /// The resource a rule is about: its owner and consultancy accounts, from the
+    /// cache or the directory's database. A missing resource is refused (404 or 403
+    /// as declared); a lookup that fails is refused with 503 (fail closed).
+    async fn resolve(
+        &self,
+        reference: &ResourceRef,
+        captures: &[(String, String)],
+    ) -> Result<Option<Resolved>, Rejection> {
+        let resource = &reference.resource;
+        let unavailable = |cause: String| Rejection::LookupUnavailable {
+            resource: resource.name.to_string(),
+            cause,
+        };
+        let key = captures
+            .iter()
+            .find(|(name, _)| *name == reference.parameter)
+            .map(|(_, value)| value.clone())
+            .ok_or_else(|| unavailable("path parameter missing".into()))?;
+        let resolved = match resource.cached(&key) {
+            Some(resolved) => resolved,
+            None => {
+                let authenticator = self
+                    .authenticator
+                    .as_ref()
+                    .ok_or_else(|| unavailable("no directory database".into()))?;
+                let row = authenticator
+                    .resolve(resource.query.clone(), key.clone())
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?;
+                let resolved = row.map(|(owner, consultancy)| Resolved {
+                    owner: owner.map(|id| id.to_string()),
+                    consultancy: consultancy.map(|id| id.to_string()),
+                });
+                resource.remember(&key, resolved.clone());
+                resolved
+            }
+        };
+        match resolved {
+            Some(resolved) => Ok(Some(resolved)),
+            None if resource.missing_is_not_found => Err(Rejection::NoRoute),
+            None => Err(Rejection::Forbidden {
+                route: format!("resource {}", resource.name),
+                permission: "find",
+            }),
+        }
     }
 
     /// The identify stage; remembers a verified identity for the later phases.

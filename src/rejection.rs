@@ -29,6 +29,9 @@ pub enum Rejection {
     /// or its user is gone or inactive.
     #[error("credentials refused: {reason}")]
     InvalidCredentials { reason: &'static str },
+    /// The resource a policy rule depends on could not be looked up.
+    #[error("resource `{resource}` cannot be looked up: {cause}")]
+    LookupUnavailable { resource: String, cause: String },
     /// Credentials could not be checked (a store is down, the password pool is full).
     #[error("credentials cannot be checked: {cause}")]
     CredentialsUnavailable { cause: String },
@@ -108,6 +111,11 @@ impl Rejection {
                 r#"{"status":403,"message":"Forbidden: you may not do this."}"#,
                 &[],
             ),
+            Self::LookupUnavailable { .. } => (
+                503,
+                r#"{"status":503,"message":"Service unavailable: the request cannot be checked right now, retry shortly."}"#,
+                RETRY_SOON,
+            ),
             Self::CredentialsUnavailable { .. } => (
                 503,
                 r#"{"status":503,"message":"Service unavailable: credentials cannot be checked right now, retry shortly."}"#,
@@ -173,6 +181,10 @@ mod tests {
             Rejection::Forbidden {
                 route: "secret-route".into(),
                 permission: "read",
+            },
+            Rejection::LookupUnavailable {
+                resource: "secret-resource".into(),
+                cause: "secret cause".into(),
             },
             Rejection::MalformedLogin,
             Rejection::LoginFailed,

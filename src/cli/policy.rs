@@ -189,7 +189,7 @@ fn diff(config_path: &Path, old: &Path, new: &Path) -> ExitCode {
     let backends = crate::policy::file::backend_names(&config.backends);
     let mut sets = Vec::new();
     for dir in [old, new] {
-        let loaded = crate::policy::file::load(dir, &backends);
+        let loaded = crate::policy::file::load(dir, &backends, config.directory.is_some());
         match loaded.rules {
             Some(rules) => sets.push(rules),
             None => {
@@ -326,7 +326,13 @@ fn explain(
         }
         None => println!("  caller: anonymous"),
     }
-    let outcome = cases::decide(&rules, host, &method, path, identity);
+    if let Some(reference) = &rule.resource {
+        println!(
+            "  resource: `{}` by {{{}}}; not looked up here, so {{owner}} and {{consultancy}} match nobody",
+            reference.resource.name, reference.parameter
+        );
+    }
+    let outcome = cases::decide(&rules, host, &method, path, identity, None);
     let decision = match outcome.decision {
         Expect::Allow => "allow",
         Expect::Deny => "deny (403)",

@@ -10,7 +10,8 @@
 //! rule = "account-data-read"                # optional
 //! ```
 //!
-//! Omit `identity` for an anonymous request.
+//! Omit `identity` for an anonymous request. Rules with a `resource` get its accounts
+//! from the case: `resource = { owner = 1, consultancy = 3 }` (nothing is looked up).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +38,15 @@ pub struct Case {
     pub identity: Option<CaseIdentity>,
     pub expect: Expect,
     pub rule: Option<String>,
+    /// What the rule's resource lookup would return (tests run offline).
+    pub resource: Option<CaseResource>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseResource {
+    pub owner: Option<i64>,
+    pub consultancy: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +86,7 @@ pub fn decide(
     method: &str,
     path: &str,
     identity: Option<Identity>,
+    resolved: Option<&super::rules::Resolved>,
 ) -> Outcome {
     let Some(matched) = rules.find(host, method, path) else {
         return Outcome {
@@ -89,7 +100,7 @@ pub fn decide(
         None => Caller::Anonymous,
     };
     let rule = Some(matched.rule.id.to_string());
-    match super::authorize_rule(&matched, method, &caller) {
+    match super::authorize_rule(&matched, method, &caller, resolved) {
         Ok(permit) => Outcome {
             decision: Expect::Allow,
             rule,
@@ -146,6 +157,13 @@ pub fn run(rules: &RuleSet, dir: &Path) -> Result<Vec<Checked>, String> {
                         roles: i.roles.clone(),
                         account_roles: i.account_roles.clone(),
                     }),
+                    case.resource
+                        .as_ref()
+                        .map(|r| super::rules::Resolved {
+                            owner: r.owner.map(|id| id.to_string()),
+                            consultancy: r.consultancy.map(|id| id.to_string()),
+                        })
+                        .as_ref(),
                 )),
                 None => Err(format!(
                     "`request` is `METHOD PATH`, not `{}`",

@@ -123,6 +123,7 @@ mod tests {
                     .collect(),
             },
             mode: Mode::Enforce,
+            resource: None,
         }
     }
 

@@ -26,10 +26,18 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::principal::{Allow, Principal};
-use super::rules::{METHODS, Mode, Permission, Rule, RuleSet};
+use super::rules::{METHODS, Mode, Permission, Resource, ResourceRef, Rule, RuleSet};
 use super::template::Template;
 use crate::config::diagnostic::{Problem, Report, Sources, nearest};
 use crate::route::{Access, HostPattern};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    query: Spanned<String>,
+    ttl: Option<Spanned<String>>,
+    missing: Option<Spanned<String>>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,9 +51,11 @@ struct RawRule {
     permission: Option<Spanned<String>>,
     allow: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
+    resource: Option<Spanned<String>>,
 }
 
 const RULE_KEYS: &[&str] = &[
+    "resource",
     "id",
     "match",
     "host",
@@ -71,8 +81,8 @@ pub struct Loaded {
 }
 
 /// Loads every `*.toml` directly in `dir` (sorted by name) against the configured
-/// backends.
-pub fn load(dir: &Path, backends: &[Arc<str>]) -> Loaded {
+/// backends. `database`: whether a directory database exists for `[resources]`.
+pub fn load(dir: &Path, backends: &[Arc<str>], database: bool) -> Loaded {
     let mut reports = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -100,11 +110,28 @@ pub fn load(dir: &Path, backends: &[Arc<str>]) -> Loaded {
     let mut rules: Vec<Rule> = Vec::new();
     let mut places: Vec<Place> = Vec::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
-    for (file, path) in paths.iter().enumerate() {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+    let texts: Vec<String> = paths
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+        .collect();
+    // First every file's [resources], so rules in any file can name them.
+    let mut resources: HashMap<String, Arc<Resource>> = HashMap::new();
+    let mut early: Vec<Vec<Problem>> = Vec::new();
+    for text in &texts {
         let mut check = FileCheck {
             problems: Vec::new(),
             backends,
+            resources: &HashMap::new(),
+        };
+        check.resources(text, database, &mut resources);
+        early.push(check.problems);
+    }
+    for (file, path) in paths.iter().enumerate() {
+        let text = texts.get(file).cloned().unwrap_or_default();
+        let mut check = FileCheck {
+            problems: early.get_mut(file).map(std::mem::take).unwrap_or_default(),
+            backends,
+            resources: &resources,
         };
         for (rule, span) in check.file(&text) {
             if let Some(first) = ids.get(rule.id.as_ref()) {
@@ -217,6 +244,7 @@ fn position(
 struct FileCheck<'b> {
     problems: Vec<Problem>,
     backends: &'b [Arc<str>],
+    resources: &'b HashMap<String, Arc<Resource>>,
 }
 
 impl FileCheck<'_> {
@@ -234,11 +262,11 @@ impl FileCheck<'_> {
         }
         let mut root = root.into_inner();
         for (key, _) in root.iter() {
-            if key.get_ref().as_ref() != "route" {
+            if !matches!(key.get_ref().as_ref(), "route" | "resources") {
                 self.error(
                     Problem::error(format!("unknown key `{}`", key.get_ref()))
                         .at(key.span())
-                        .help("a policy file holds [[route]] tables"),
+                        .help("a policy file holds [[route]] and [resources.NAME] tables"),
                 );
             }
         }
@@ -276,6 +304,141 @@ impl FileCheck<'_> {
             }
         }
         rules
+    }
+
+    /// `[resources.NAME]` tables of one file.
+    fn resources(
+        &mut self,
+        text: &str,
+        database: bool,
+        resources: &mut HashMap<String, Arc<Resource>>,
+    ) {
+        let (root, _) = DeTable::parse_recoverable(text);
+        let mut root = root.into_inner();
+        let Some(value) = root.remove("resources") else {
+            return;
+        };
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.error(Problem::error("`resources` is a table of [resources.NAME]").at(span));
+            return;
+        };
+        if !database {
+            self.error(
+                Problem::error("resources are looked up in the directory's database, and there is no `[directory]`")
+                    .at(span.clone())
+                    .help("add `[directory]` to the configuration"),
+            );
+        }
+        for (name, value) in table.iter() {
+            let name_span = name.span();
+            let name = name.get_ref().to_string();
+            let raw = match RawResource::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(raw) => raw,
+                Err(error) => {
+                    self.error(
+                        Problem::error(format!(
+                            "in [resources.{name}]: {}",
+                            error.message().trim()
+                        ))
+                        .at(error.span().unwrap_or(name_span))
+                        .help("a resource has `query`, and optionally `ttl` and `missing`"),
+                    );
+                    continue;
+                }
+            };
+            if !raw.query.get_ref().contains("$1") {
+                self.error(
+                    Problem::error("the query must use `$1` for the path parameter")
+                        .at(raw.query.span())
+                        .help("e.g. `SELECT account_id, NULL FROM assets WHERE id = $1`: owner account, consultancy account"),
+                );
+                continue;
+            }
+            let ttl = match &raw.ttl {
+                None => std::time::Duration::from_secs(60),
+                Some(text) => match humantime::parse_duration(text.get_ref()) {
+                    Ok(ttl) if ttl <= std::time::Duration::from_secs(24 * 3600) => ttl,
+                    _ => {
+                        self.error(
+                            Problem::error("`ttl` must be a duration up to a day, like \"60s\"")
+                                .at(text.span()),
+                        );
+                        continue;
+                    }
+                },
+            };
+            let missing_is_not_found = match raw.missing.as_ref().map(|m| m.get_ref().as_str()) {
+                None | Some("not-found") => true,
+                Some("forbidden") => false,
+                Some(other) => {
+                    if let Some(text) = &raw.missing {
+                        self.error(
+                            Problem::error(format!("unknown `missing` answer `{other}`"))
+                                .at(text.span())
+                                .help("use `not-found` (404, the default) or `forbidden` (403)"),
+                        );
+                    }
+                    continue;
+                }
+            };
+            if resources.contains_key(&name) {
+                self.error(
+                    Problem::error(format!("resource `{name}` is declared twice")).at(name_span),
+                );
+                continue;
+            }
+            resources.insert(
+                name.clone(),
+                Arc::new(Resource::new(
+                    &name,
+                    raw.query.get_ref(),
+                    ttl,
+                    missing_is_not_found,
+                )),
+            );
+        }
+    }
+
+    /// `resource = "NAME:{parameter}"`.
+    fn resource(&mut self, text: &Spanned<String>, template: &Template) -> Option<ResourceRef> {
+        let parsed = text
+            .get_ref()
+            .split_once(':')
+            .and_then(|(name, parameter)| {
+                let parameter = parameter.strip_prefix('{')?.strip_suffix('}')?;
+                Some((name, parameter))
+            });
+        let Some((name, parameter)) = parsed else {
+            self.error(
+                Problem::error("`resource` is `NAME:{parameter}`")
+                    .at(text.span())
+                    .help("e.g. `resource = \"asset:{id}\"` for `match = \"GET /assets/{id}\"`"),
+            );
+            return None;
+        };
+        let Some(resource) = self.resources.get(name) else {
+            let mut problem = Problem::error(format!("unknown resource `{name}`")).at(text.span());
+            problem = match nearest(name, self.resources.keys().map(String::as_str)) {
+                Some(near) => problem.help(format!("did you mean `{near}`?")),
+                None => problem.help("declare it as [resources.NAME] with a `query`"),
+            };
+            self.error(problem);
+            return None;
+        };
+        if !template.parameters().any(|p| p == parameter) {
+            self.error(
+                Problem::error(format!(
+                    "`{{{parameter}}}` is not a parameter of this rule's path"
+                ))
+                .at(text.span()),
+            );
+            return None;
+        }
+        Some(ResourceRef {
+            resource: resource.clone(),
+            parameter: parameter.to_owned(),
+        })
     }
 
     fn rule(&mut self, raw: RawRule) -> Option<Rule> {
@@ -370,6 +533,14 @@ impl FileCheck<'_> {
                 Mode::Enforce
             }
         };
+        let resource = match &raw.resource {
+            None => None,
+            Some(text) => {
+                let resource = self.resource(text, &template);
+                ok &= resource.is_some();
+                resource
+            }
+        };
         let allow = match (&raw.allow, access) {
             (Some(allow), Access::Public) => {
                 self.error(
@@ -390,7 +561,7 @@ impl FileCheck<'_> {
                 ok = false;
                 Allow::default()
             }
-            (Some(allow), _) => match self.allow(allow, &template) {
+            (Some(allow), _) => match self.allow(allow, &template, raw.resource.is_some()) {
                 Some(allow) => allow,
                 None => {
                     ok = false;
@@ -408,6 +579,7 @@ impl FileCheck<'_> {
             permission,
             allow,
             mode,
+            resource,
         })
     }
 
@@ -474,7 +646,12 @@ impl FileCheck<'_> {
     }
 
     /// A list of principals and lists of principals.
-    fn allow(&mut self, value: &Spanned<toml::Value>, template: &Template) -> Option<Allow> {
+    fn allow(
+        &mut self,
+        value: &Spanned<toml::Value>,
+        template: &Template,
+        has_resource: bool,
+    ) -> Option<Allow> {
         let span = value.span();
         let toml::Value::Array(items) = value.get_ref() else {
             self.error(Problem::error("`allow` is a list").at(span));
@@ -502,7 +679,10 @@ impl FileCheck<'_> {
                         self.role_typo(&principal, span.clone());
                         // A relation names a path parameter (or, later, a resolved
                         // attribute); an unknown name would never match.
+                        let resolved = has_resource
+                            && matches!(principal.relation(), Some("owner" | "consultancy"));
                         if let Some(name) = principal.relation()
+                            && !resolved
                             && !template.parameters().any(|p| p == name)
                         {
                             self.error(
@@ -510,7 +690,7 @@ impl FileCheck<'_> {
                                     "`{text}` names `{{{name}}}`, which is not a parameter of this rule's path"
                                 ))
                                 .at(span.clone())
-                                .help("use a `{name}` from `match`"),
+                                .help("use a `{name}` from `match`, or `{owner}`/`{consultancy}` with `resource = \"NAME:{parameter}\"`"),
                             );
                             ok = false;
                         }

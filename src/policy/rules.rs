@@ -72,6 +72,62 @@ pub enum Mode {
 /// The methods a rule covers.
 pub const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
+/// How a rule finds the resource a request is about (`[resources.NAME]`): a query
+/// on the directory's database that maps a path parameter to the owner account and
+/// the owner's consultancy account, cached for `ttl`.
+#[derive(Debug)]
+pub struct Resource {
+    pub name: Arc<str>,
+    /// `SELECT owner, consultancy FROM … WHERE id = $1`.
+    pub query: Arc<str>,
+    /// What a missing resource gets: 404 (`true`) or 403.
+    pub missing_is_not_found: bool,
+    cache: moka::sync::Cache<String, Option<Resolved>>,
+}
+
+/// A resource's accounts, as principal relations see them (`{owner}`, `{consultancy}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub owner: Option<String>,
+    pub consultancy: Option<String>,
+}
+
+impl Resource {
+    pub fn new(
+        name: &str,
+        query: &str,
+        ttl: std::time::Duration,
+        missing_is_not_found: bool,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            query: query.into(),
+            missing_is_not_found,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    /// A cached lookup: `Some(None)` means "known to be missing".
+    pub fn cached(&self, key: &str) -> Option<Option<Resolved>> {
+        self.cache.get(key)
+    }
+
+    pub fn remember(&self, key: &str, resolved: Option<Resolved>) {
+        self.cache.insert(key.to_owned(), resolved);
+    }
+}
+
+/// Which resource a rule is about: a resource name and the path parameter that
+/// identifies it (`resource = "asset:{id}"`).
+#[derive(Debug, Clone)]
+pub struct ResourceRef {
+    pub resource: Arc<Resource>,
+    pub parameter: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub id: Arc<str>,
@@ -85,6 +141,8 @@ pub struct Rule {
     pub permission: Option<Permission>,
     pub allow: Allow,
     pub mode: Mode,
+    /// The resource the request is about, for `{owner}` and `{consultancy}`.
+    pub resource: Option<ResourceRef>,
 }
 
 /// Two rules that would decide the same requests.
@@ -274,6 +332,7 @@ mod tests {
                     .collect(),
             },
             mode: Mode::Enforce,
+            resource: None,
         }
     }
 

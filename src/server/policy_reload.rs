@@ -70,8 +70,11 @@ impl PolicyReloader {
     async fn reload(&self) {
         let dir = self.dir.clone();
         let backends = crate::policy::file::backend_names(&self.config.backends);
-        let loaded =
-            tokio::task::spawn_blocking(move || crate::policy::file::load(&dir, &backends)).await;
+        let database = self.config.directory.is_some();
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::policy::file::load(&dir, &backends, database)
+        })
+        .await;
         let Ok(loaded) = loaded else {
             self.metrics.policy_reload(false);
             tracing::error!("policy reload failed on the blocking pool");

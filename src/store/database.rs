@@ -437,6 +437,26 @@ impl Database {
         })
     }
 
+    /// Runs a policy resource query (`$1` is the key: bound as an integer when it is
+    /// one, else as text) and returns the first row's two account ids: owner and
+    /// consultancy (either may be NULL). `None`: no such resource.
+    pub async fn resolve(
+        &self,
+        query: &str,
+        key: &str,
+    ) -> Result<Option<(Option<i64>, Option<i64>)>, StoreError> {
+        let number = key.parse::<i64>().ok();
+        on_engine!(self, pool => {
+            let statement = sqlx::query_as::<_, (Option<i64>, Option<i64>)>(query);
+            let statement = match number {
+                Some(number) => statement.bind(number),
+                None => statement.bind(key),
+            };
+            statement.fetch_optional(pool).await
+        })
+        .map_err(unavailable)
+    }
+
     /// Changes after `seq`, oldest first, at most `limit`.
     pub async fn changes_since(&self, seq: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
         let rows: Vec<(i64, Option<i64>, Option<i64>)> = on_engine!(self, pool => sqlx::query_as(

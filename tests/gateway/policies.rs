@@ -523,3 +523,252 @@ fn diff_lists_who_gains_and_loses_access() {
     );
     assert_eq!(stdout.trim(), "+ account-data-read: role:consultant");
 }
+
+const RESOURCES: &str = r#"
+[resources.asset]
+query = "SELECT account_id, consultancy_id FROM assets WHERE id = $1"
+ttl = "1h"
+
+[resources.hidden-asset]
+query = "SELECT account_id, consultancy_id FROM assets WHERE id = $1"
+missing = "forbidden"
+
+[[route]]
+id = "asset-read"
+match = "GET /assets/{id}"
+backend = "app"
+resource = "asset:{id}"
+allow = ["account:{owner}", ["role:consultant", "account:{consultancy}"]]
+
+[resources.broken]
+query = "SELECT account_id, consultancy_id FROM no_such_table WHERE id = $1"
+
+[[route]]
+id = "broken"
+match = "GET /broken/{id}"
+backend = "app"
+resource = "broken:{id}"
+allow = ["account:{owner}"]
+
+[[route]]
+id = "asset-delete"
+match = "DELETE /assets/{id}"
+backend = "app"
+resource = "hidden-asset:{id}"
+allow = ["account:{owner}"]
+"#;
+
+async fn sqlite(database: &Path, statements: &[&str]) {
+    use sqlx::Connection as _;
+    let url = format!("sqlite:{}", database.display());
+    let mut connection = sqlx::SqliteConnection::connect(&url).await.expect("sqlite");
+    for statement in statements {
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect(statement);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resource_owners_decide_through_a_cached_lookup() {
+    let backend = EchoBackend::start();
+    let gateway = TestGateway::start_with(|ports: Ports, dir: &Path| {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).expect("dir");
+        std::fs::write(policies.join("assets.toml"), RESOURCES).expect("write");
+        let body = format!(
+            "{}\n[policies]\ndir = \"policies\"\n\n[backends.app]\naddress = \"{}\"\n",
+            Stores::sqlite().sections(dir),
+            backend.address
+        );
+        config_text(ports, dir, &body)
+    });
+    let database = gateway.config.parent().expect("dir").join("portcullis.db");
+    sqlite(
+        &database,
+        &[
+            "CREATE TABLE assets (id INTEGER PRIMARY KEY, account_id BIGINT, consultancy_id BIGINT)",
+            "INSERT INTO assets VALUES (10, 1, 2), (11, 3, NULL)",
+        ],
+    )
+    .await;
+    for account in ["Acme", "Beta", "Gamma"] {
+        cli_ok(&gateway.config, &["account", "add", account], None);
+    }
+    add_user(&gateway.config, "ann@example.com", "Acme", &[]);
+    add_user(&gateway.config, "bob@example.com", "Beta", &["consultant"]);
+    let ann = token_of(&gateway, "ann@example.com").await;
+    let bob = token_of(&gateway, "bob@example.com").await;
+
+    assert_eq!(
+        status(&gateway, "GET", "/assets/10", &ann).await,
+        200,
+        "owner"
+    );
+    assert_eq!(
+        status(&gateway, "GET", "/assets/11", &ann).await,
+        403,
+        "not the owner"
+    );
+    assert_eq!(
+        status(&gateway, "GET", "/assets/10", &bob).await,
+        200,
+        "consultant of the owner"
+    );
+    assert_eq!(
+        status(&gateway, "GET", "/assets/11", &bob).await,
+        403,
+        "no consultancy"
+    );
+    assert_eq!(
+        status(&gateway, "GET", "/assets/99", &ann).await,
+        404,
+        "missing: not-found"
+    );
+    assert_eq!(
+        status(&gateway, "DELETE", "/assets/99", &ann).await,
+        403,
+        "missing: forbidden"
+    );
+    assert_eq!(status(&gateway, "DELETE", "/assets/10", &ann).await, 200);
+    // SECURITY: a lookup that fails refuses (503), it never guesses.
+    let reply = gateway
+        .tls()
+        .get("/broken/10", &format!("Authorization: {ann}\r\n"))
+        .await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after").as_deref(), Some("1"));
+    assert!(!reply.text().contains("no_such_table"), "{}", reply.text());
+
+    // Cached for the ttl: a new owner is not seen yet.
+    sqlite(
+        &database,
+        &["UPDATE assets SET account_id = 1 WHERE id = 11"],
+    )
+    .await;
+    assert_eq!(
+        status(&gateway, "GET", "/assets/11", &ann).await,
+        403,
+        "cached owner"
+    );
+    // The other resource over the same table has its own cache.
+    assert_eq!(status(&gateway, "DELETE", "/assets/11", &ann).await, 200);
+    let forwarded = backend.received().len();
+    assert_eq!(forwarded, 4);
+}
+
+#[test]
+fn resource_problems_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("dir");
+    std::fs::write(
+        policies.join("r.toml"),
+        r#"[resources.asset]
+query = "SELECT 1, 2"
+
+[resources.sensor]
+query = "SELECT a, b FROM s WHERE id = $1"
+missing = "gone"
+
+[[route]]
+id = "one"
+match = "GET /assets/{id}"
+backend = "app"
+resource = "aset:{id}"
+allow = ["account:{owner}"]
+
+[[route]]
+id = "two"
+match = "GET /x/{id}"
+backend = "app"
+allow = ["account:{owner}"]
+"#,
+    )
+    .expect("write");
+    let text = "[listen]\nhttps = [\"127.0.0.1:1\"]\n[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n\
+                [policies]\ndir = \"policies\"\n[backends.app]\naddress = \"127.0.0.1:5000\"\n";
+    let loaded = config::parse(&dir.path().join("portcullis.toml"), text.into(), Vec::new());
+    let lines = loaded.report.one_line_each().join("\n");
+    let r = policies.join("r.toml").display().to_string();
+    for expected in [
+        format!("{r}:1:2: error: resources are looked up in the directory's database"),
+        format!("{r}:2:9: error: the query must use `$1`"),
+        format!("{r}:6:11: error: unknown `missing` answer `gone`"),
+        format!("{r}:12:12: error: unknown resource `aset`"),
+        format!("{r}:19:9: error: `account:{{owner}}` names `{{owner}}`, which is not a parameter"),
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "missing `{expected}` in:\n{lines}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resource_lookups_work_on_postgres_with_number_and_text_keys() {
+    use sqlx::Connection as _;
+    let backend = EchoBackend::start();
+    let database = super::users::PostgresDatabase::create();
+    let mut connection = sqlx::PgConnection::connect(&database.url)
+        .await
+        .expect("pg");
+    for statement in [
+        "CREATE TABLE sensors (id BIGINT PRIMARY KEY, account_id BIGINT, consultancy_id BIGINT)",
+        "CREATE TABLE sites (slug TEXT PRIMARY KEY, account_id BIGINT)",
+        "INSERT INTO sensors VALUES (5, 1, NULL)",
+        "INSERT INTO sites VALUES ('north', 1)",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect(statement);
+    }
+    let stores = Stores {
+        postgres: Some(database.url.clone()),
+        ..Stores::sqlite()
+    };
+    let gateway = TestGateway::start_with(|ports: Ports, dir: &Path| {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).expect("dir");
+        std::fs::write(
+            policies.join("p.toml"),
+            r#"
+[resources.sensor]
+query = "SELECT account_id, consultancy_id FROM sensors WHERE id = $1"
+
+[resources.site]
+query = "SELECT account_id, NULL::bigint FROM sites WHERE slug = $1"
+
+[[route]]
+id = "sensor"
+match = "GET /sensors/{id}"
+backend = "app"
+resource = "sensor:{id}"
+allow = ["account:{owner}"]
+
+[[route]]
+id = "site"
+match = "GET /sites/{slug}"
+backend = "app"
+resource = "site:{slug}"
+allow = ["account:{owner}"]
+"#,
+        )
+        .expect("write");
+        let body = format!(
+            "{}\n[policies]\ndir = \"policies\"\n\n[backends.app]\naddress = \"{}\"\n",
+            stores.sections(dir),
+            backend.address
+        );
+        config_text(ports, dir, &body)
+    });
+    cli_ok(&gateway.config, &["account", "add", "Acme"], None);
+    add_user(&gateway.config, "ann@example.com", "Acme", &[]);
+    let ann = token_of(&gateway, "ann@example.com").await;
+    assert_eq!(status(&gateway, "GET", "/sensors/5", &ann).await, 200);
+    assert_eq!(status(&gateway, "GET", "/sensors/6", &ann).await, 404);
+    assert_eq!(status(&gateway, "GET", "/sites/north", &ann).await, 200);
+    assert_eq!(status(&gateway, "GET", "/sites/south", &ann).await, 404);
+}
