@@ -108,19 +108,7 @@ pub fn seed(config: &crate::config::Config, data: &Path) -> Result<(), String> {
     let cost = config.directory.as_ref().map_or(10, |d| d.bcrypt_cost);
     let hash = crate::identity::password::hash(&crate::secret::Secret::new(password.clone()), cost)
         .map_err(|e| e.to_string())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let directory = crate::identity::open_directory(config)
-            .map_err(|e| e.to_string())?
-            .ok_or("the demo configuration has no directory")?;
-        directory
-            .database()
-            .migrate()
-            .await
-            .map_err(|e| e.to_string())?;
+    crate::identity::with_directory(config, async |directory| {
         match directory
             .add_account(DEMO_ACCOUNT, &["Prosumer".to_owned()], false)
             .await
@@ -145,9 +133,9 @@ pub fn seed(config: &crate::config::Config, data: &Path) -> Result<(), String> {
                 .map_err(|e| e.to_string())?,
             Err(error) => return Err(error.to_string()),
         }
-        directory.database().close().await;
         Ok::<(), String>(())
-    })?;
+    })
+    .map_err(|e| e.to_string())??;
     write_private(&data.join("demo-password"), &password).map_err(|e| e.to_string())
 }
 

@@ -102,6 +102,13 @@ pub enum RoleChange {
     Remove,
 }
 
+/// Whose roles: a user's or an account's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoleKind {
+    User,
+    Account,
+}
+
 /// The native directory: the database, and Redis when instances share state.
 pub struct Directory {
     database: Database,
@@ -207,15 +214,9 @@ impl Directory {
         allow_new: bool,
     ) -> Result<bool, DirectoryError> {
         let account = self.account(account).await?;
-        let role = match change {
-            RoleChange::Add => self
-                .checked_account_roles(&[role.to_owned()], allow_new)
-                .await?
-                .into_iter()
-                .next()
-                .unwrap_or_default(),
-            RoleChange::Remove => role.to_owned(),
-        };
+        let role = self
+            .role_to_change(role, change, allow_new, RoleKind::Account)
+            .await?;
         let changed = self
             .database
             .set_account_role(account.id, &role, change == RoleChange::Add, now())
@@ -349,15 +350,9 @@ impl Directory {
         allow_new: bool,
     ) -> Result<bool, DirectoryError> {
         let user = self.user(email).await?;
-        let role = match change {
-            RoleChange::Add => self
-                .checked_user_roles(&[role.to_owned()], allow_new)
-                .await?
-                .into_iter()
-                .next()
-                .unwrap_or_default(),
-            RoleChange::Remove => role.to_owned(),
-        };
+        let role = self
+            .role_to_change(role, change, allow_new, RoleKind::User)
+            .await?;
         let changed = self
             .database
             .set_user_role(user.id, &role, change == RoleChange::Add, now())
@@ -366,6 +361,25 @@ impl Directory {
             self.announce_user(user.id).await?;
         }
         Ok(changed)
+    }
+
+    /// The role name to add (checked for typos) or remove (as given).
+    async fn role_to_change(
+        &self,
+        role: &str,
+        change: RoleChange,
+        allow_new: bool,
+        kind: RoleKind,
+    ) -> Result<String, DirectoryError> {
+        if change == RoleChange::Remove {
+            return Ok(role.to_owned());
+        }
+        let roles = [role.to_owned()];
+        let checked = match kind {
+            RoleKind::User => self.checked_user_roles(&roles, allow_new).await?,
+            RoleKind::Account => self.checked_account_roles(&roles, allow_new).await?,
+        };
+        Ok(checked.into_iter().next().unwrap_or_default())
     }
 
     async fn checked_user_roles(

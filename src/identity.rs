@@ -214,6 +214,42 @@ pub fn open_directory(config: &Config) -> Result<Option<Directory>, StoreError> 
     )))
 }
 
+/// Why [`with_directory`] could not run its work.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryTaskError {
+    #[error("the configuration has no [directory] section")]
+    NoDirectory,
+    #[error("cannot prepare the directory: {0}")]
+    Failed(String),
+}
+
+/// For commands outside the gateway (admin CLI, policy tools, demo): opens the
+/// configured directory on a runtime of its own, applies migrations, runs `work` and
+/// closes the pool.
+pub fn with_directory<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&Directory) -> T,
+) -> Result<T, DirectoryTaskError> {
+    let failed = |e: &dyn std::fmt::Display| DirectoryTaskError::Failed(e.to_string());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(&e))?;
+    runtime.block_on(async {
+        let directory = open_directory(config)
+            .map_err(|e| failed(&e))?
+            .ok_or(DirectoryTaskError::NoDirectory)?;
+        directory
+            .database()
+            .migrate()
+            .await
+            .map_err(|e| failed(&e))?;
+        let outcome = work(&directory).await;
+        directory.database().close().await;
+        Ok(outcome)
+    })
+}
+
 impl Authenticator {
     /// Starts the identity runtime, applies migrations and the change feed. `None`
     /// when the configuration has no directory.

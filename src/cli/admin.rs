@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use super::{EXIT_CONFIG, EXIT_FAILURE, color};
 use crate::config::{self, Config};
 use crate::directory::{Directory, DirectoryError, RoleChange};
-use crate::identity::password;
+use crate::identity::{DirectoryTaskError, password};
 use crate::secret::Secret;
 use crate::token::{self, TokenKeys};
 
@@ -180,7 +180,7 @@ pub struct ConfigArg {
         env = "PORTCULLIS_CONFIG",
         default_value = "portcullis.toml"
     )]
-    config: PathBuf,
+    pub config: PathBuf,
 }
 
 /// A failed admin command: what to print and the exit code.
@@ -235,36 +235,18 @@ where
     let Some(config) = loaded.config else {
         return ExitCode::from(EXIT_CONFIG);
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    match crate::identity::with_directory(&config, async |directory| work(&config, directory).await)
     {
-        Ok(runtime) => runtime,
-        Err(error) => return finish(Err(Failure(error.to_string(), EXIT_FAILURE))),
-    };
-    finish(runtime.block_on(async {
-        let directory = match crate::identity::open_directory(&config) {
-            Ok(Some(directory)) => directory,
-            Ok(None) => {
-                return Err(Failure(
-                    format!(
-                        "{} has no [directory] section; add one, e.g. `database = \"sqlite:portcullis.db\"`",
-                        path.display()
-                    ),
-                    EXIT_CONFIG,
-                ));
-            }
-            Err(error) => return Err(Failure(error.to_string(), EXIT_FAILURE)),
-        };
-        directory
-            .database()
-            .migrate()
-            .await
-            .map_err(|e| Failure(format!("cannot prepare the directory: {e}"), EXIT_FAILURE))?;
-        let outcome = work(&config, &directory).await;
-        directory.database().close().await;
-        outcome
-    }))
+        Ok(outcome) => finish(outcome),
+        Err(DirectoryTaskError::NoDirectory) => finish(Err(Failure(
+            format!(
+                "{} has no [directory] section; add one, e.g. `database = \"sqlite:portcullis.db\"`",
+                path.display()
+            ),
+            EXIT_CONFIG,
+        ))),
+        Err(error) => finish(Err(Failure(error.to_string(), EXIT_FAILURE))),
+    }
 }
 
 /// Reads a new password: from the first line of stdin, or twice from the terminal.

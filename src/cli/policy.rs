@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::admin::ConfigArg;
 use super::{EXIT_CONFIG, EXIT_FAILURE, color};
 use crate::config::{self, Config};
 use crate::identity::Identity;
@@ -23,13 +24,8 @@ pub enum PolicyCommand {
         /// Directory of case files.
         #[arg(long)]
         cases: Option<PathBuf>,
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "portcullis.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// List who gains or loses access between two policy directories.
     ///
@@ -39,13 +35,8 @@ pub enum PolicyCommand {
     Diff {
         old: PathBuf,
         new: PathBuf,
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "portcullis.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Show which rule decides a request and why each principal matches or not.
     ///
@@ -70,13 +61,8 @@ pub enum PolicyCommand {
         /// The caller's account roles, comma-separated.
         #[arg(long, value_delimiter = ',')]
         account_roles: Vec<String>,
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "portcullis.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -103,8 +89,8 @@ fn rules(path: &Path) -> Result<(Config, std::sync::Arc<RuleSet>), ExitCode> {
 
 pub fn execute(command: PolicyCommand) -> ExitCode {
     match command {
-        PolicyCommand::Test { cases, config } => test(&config, cases),
-        PolicyCommand::Diff { old, new, config } => diff(&config, &old, &new),
+        PolicyCommand::Test { cases, config } => test(&config.config, cases),
+        PolicyCommand::Diff { old, new, config } => diff(&config.config, &old, &new),
         PolicyCommand::Explain {
             method,
             path,
@@ -121,7 +107,7 @@ pub fn execute(command: PolicyCommand) -> ExitCode {
                 roles,
                 account_roles,
             };
-            explain(&config, &method, &path, host.as_deref(), caller)
+            explain(&config.config, &method, &path, host.as_deref(), caller)
         }
     }
 }
@@ -348,14 +334,7 @@ fn yes_no(value: bool) -> &'static str {
 }
 
 fn directory_identity(config: &Config, email: &str) -> Result<Identity, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let directory = crate::identity::open_directory(config)
-            .map_err(|e| e.to_string())?
-            .ok_or("the configuration has no [directory]")?;
+    crate::identity::with_directory(config, async |directory| {
         let user = directory.user(email).await.map_err(|e| e.to_string())?;
         Ok(Identity {
             user_id: user.id,
@@ -365,4 +344,5 @@ fn directory_identity(config: &Config, email: &str) -> Result<Identity, String> 
             account_roles: user.account_roles,
         })
     })
+    .map_err(|e| e.to_string())?
 }

@@ -49,6 +49,20 @@ macro_rules! record_change {
     };
 }
 
+/// Inserts `(owner, role)` for each role inside the transaction `$tx`.
+macro_rules! insert_roles {
+    ($tx:ident, $sql:expr, $owner:expr, $roles:expr) => {
+        for role in $roles {
+            sqlx::query($sql)
+                .bind($owner)
+                .bind(role)
+                .execute(&mut *$tx)
+                .await
+                .map_err(unavailable)?;
+        }
+    };
+}
+
 type UserRow = (i64, i64, String, String, bool, String, i64, i64, i64);
 const USER_COLUMNS: &str = "SELECT u.id, u.account_id, a.name, u.email, u.active, \
      u.password_hash, u.tokens_not_before, u.created_at, u.changed_at \
@@ -133,14 +147,7 @@ impl Database {
             .fetch_one(&mut *tx)
             .await
             .map_err(unavailable)?;
-            for role in roles {
-                sqlx::query("INSERT INTO account_roles (account_id, role) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(role)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-            }
+            insert_roles!(tx, "INSERT INTO account_roles (account_id, role) VALUES ($1, $2)", id, roles);
             record_change!(tx, None::<i64>, Some(id), now);
             tx.commit().await.map_err(unavailable)?;
             Ok(id)
@@ -295,14 +302,7 @@ impl Database {
             .fetch_one(&mut *tx)
             .await
             .map_err(unavailable)?;
-            for role in roles {
-                sqlx::query("INSERT INTO user_roles (user_id, role) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(role)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-            }
+            insert_roles!(tx, "INSERT INTO user_roles (user_id, role) VALUES ($1, $2)", id, roles);
             record_change!(tx, Some(id), None::<i64>, now);
             tx.commit().await.map_err(unavailable)?;
             Ok(id)
