@@ -4,7 +4,7 @@
 //! (within `[directory] change_poll`) or at once through Redis.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -171,17 +171,8 @@ pub enum DirectoryCommand {
     },
 }
 
-#[derive(Debug, Args)]
-pub struct ConfigArg {
-    /// Configuration file.
-    #[arg(
-        short,
-        long,
-        env = "PORTCULLIS_CONFIG",
-        default_value = "portcullis.toml"
-    )]
-    pub config: PathBuf,
-}
+/// The configuration file argument, shared with `run` and `check`.
+pub use super::ConfigFile as ConfigArg;
 
 /// A failed admin command: what to print and the exit code.
 struct Failure(String, u8);

@@ -199,23 +199,27 @@ impl Database {
     }
 
     async fn account_roles(&self, account: AccountId) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = on_engine!(self, pool => sqlx::query_as(
+        self.roles(
             "SELECT role FROM account_roles WHERE account_id = $1 ORDER BY role",
+            account,
         )
-        .bind(account)
-        .fetch_all(pool)
-        .await)
-        .map_err(unavailable)?;
-        Ok(rows.into_iter().map(|(role,)| role).collect())
+        .await
     }
 
     async fn user_roles(&self, user: UserId) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = on_engine!(self, pool => sqlx::query_as(
+        self.roles(
             "SELECT role FROM user_roles WHERE user_id = $1 ORDER BY role",
+            user,
         )
-        .bind(user)
-        .fetch_all(pool)
-        .await)
+        .await
+    }
+
+    /// Role names from a query with one id parameter.
+    async fn roles(&self, sql: &str, owner: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = on_engine!(self, pool => sqlx::query_as(sql)
+            .bind(owner)
+            .fetch_all(pool)
+            .await)
         .map_err(unavailable)?;
         Ok(rows.into_iter().map(|(role,)| role).collect())
     }
