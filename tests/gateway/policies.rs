@@ -151,7 +151,8 @@ async fn the_example_policy_decides_by_account_role_and_rule() {
         !forwarded.iter().any(|r| r.contains("/accounts/2")),
         "{forwarded:?}"
     );
-    let records = super::audit::records(&gateway.audit, 19).await;
+    // 5 logins and 15 requests.
+    let records = super::audit::records(&gateway.audit, 20).await;
     let shadow: Vec<&serde_json::Value> =
         records.iter().filter(|r| r["route"] == "reports").collect();
     assert_eq!(shadow.len(), 2);
@@ -480,16 +481,21 @@ async fn policy_reloads_under_load_lose_no_request_and_keep_the_last_good_policy
         successes >= 3.0,
         "initial load and two reloads: {successes}"
     );
-    let records = super::audit::records(&gateway.audit, 1).await;
-    let events: Vec<&str> = records
-        .iter()
-        .filter(|r| r["kind"] == "security")
-        .filter_map(|r| r["event"].as_str())
-        .collect();
-    assert!(
-        events.contains(&"policy-reloaded") && events.contains(&"policy-reload-failed"),
-        "{events:?}"
-    );
+    // The audit writer is asynchronous: wait for both events.
+    let deadline = std::time::Instant::now() + super::support::DEADLINE;
+    loop {
+        let records = super::audit::records(&gateway.audit, 1).await;
+        let events: Vec<&str> = records
+            .iter()
+            .filter(|r| r["kind"] == "security")
+            .filter_map(|r| r["event"].as_str())
+            .collect();
+        if events.contains(&"policy-reloaded") && events.contains(&"policy-reload-failed") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[test]
