@@ -64,13 +64,7 @@ fn decisions(c: &mut Criterion) {
                 let matched = set
                     .find(Some("api.example.com"), method, &path)
                     .expect("rule");
-                let value = |name: &str| {
-                    matched
-                        .captures
-                        .iter()
-                        .find(|(key, _)| key == name)
-                        .map(|(_, v)| v.as_str())
-                };
+                let value = |name: &str| matched.parameter(name);
                 matched.rule.decide(&identity, method, value)
             });
         });

@@ -42,8 +42,9 @@ pub struct DecisionRecord<'a> {
     pub bytes: usize,
 }
 
-/// Something security-relevant that is not a request decision: certificate reloads
-/// today. (Login outcomes are decision records on the route `portcullis:login`.)
+/// Something security-relevant that is not a request decision: certificate and
+/// policy reloads, failed ones too. (Login outcomes are decision records on the route
+/// `portcullis:login`.)
 #[derive(Debug, Serialize)]
 pub struct SecurityEvent<'a> {
     pub time: String,

@@ -257,14 +257,7 @@ impl Authenticator {
         let Some(settings) = &config.directory else {
             return Ok(None);
         };
-        let secrets: Vec<Secret<Vec<u8>>> = config
-            .tokens
-            .secrets
-            .iter()
-            .map(|(_, s)| s.clone())
-            .collect();
-        let Some(keys) = TokenKeys::new(&secrets, config.tokens.max_age, config.tokens.clock_skew)
-        else {
+        let Some(keys) = TokenKeys::from_settings(&config.tokens) else {
             return Ok(None);
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

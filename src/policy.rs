@@ -78,11 +78,7 @@ pub fn authorize_rule(
     let value = |name: &str| match (name, resolved) {
         ("owner", Some(resolved)) => resolved.owner.as_deref(),
         ("consultancy", Some(resolved)) => resolved.consultancy.as_deref(),
-        _ => matched
-            .captures
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str()),
+        _ => matched.parameter(name),
     };
     match (rule.decide(identity, method, value), rule.mode) {
         (rules::Verdict::Allowed { because }, _) => Ok(permit(because)),

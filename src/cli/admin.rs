@@ -478,17 +478,8 @@ pub fn token(command: TokenCommand) -> ExitCode {
                         EXIT_FAILURE,
                     ));
                 }
-                let secrets: Vec<Secret<Vec<u8>>> = config
-                    .tokens
-                    .secrets
-                    .iter()
-                    .map(|(_, s)| s.clone())
-                    .collect();
-                let keys =
-                    TokenKeys::new(&secrets, config.tokens.max_age, config.tokens.clock_skew)
-                        .ok_or_else(|| {
-                            Failure("no [tokens] secrets configured".into(), EXIT_CONFIG)
-                        })?;
+                let keys = TokenKeys::from_settings(&config.tokens)
+                    .ok_or_else(|| Failure("no [tokens] secrets configured".into(), EXIT_CONFIG))?;
                 let crypt = token::password_crypt(user.password_hash.expose());
                 let issued_at = crate::directory::now().max(user.tokens_not_before);
                 let token = keys.issue(user.id, &crypt, issued_at);

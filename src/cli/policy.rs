@@ -274,13 +274,7 @@ fn explain(
                 identity.roles.join(", "),
                 identity.account_roles.join(", ")
             );
-            let value = |name: &str| {
-                matched
-                    .captures
-                    .iter()
-                    .find(|(key, _)| key == name)
-                    .map(|(_, v)| v.as_str())
-            };
+            let value = |name: &str| matched.parameter(name);
             let has = |role: &str| identity.roles.iter().any(|r| r == role);
             println!(
                 "  built-in: role:admin {}, role:admin-reader {}",

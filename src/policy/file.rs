@@ -171,7 +171,7 @@ pub fn load(dir: &Path, backends: &[Arc<str>], database: bool) -> Loaded {
         ));
     }
     let failed = reports.iter().any(Report::has_errors);
-    match RuleSet::build(rules.clone()) {
+    match RuleSet::build(rules) {
         Ok(set) if !failed => Loaded {
             rules: Some(set),
             reports,
@@ -181,15 +181,10 @@ pub fn load(dir: &Path, backends: &[Arc<str>], database: bool) -> Loaded {
             reports,
         },
         Err(conflicts) => {
-            let index: HashMap<&str, usize> = rules
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.id.as_ref(), i))
-                .collect();
             for conflict in conflicts {
                 let (Some(&at), Some(&other)) = (
-                    index.get(conflict.rule.as_ref()),
-                    index.get(conflict.existing.as_ref()),
+                    ids.get(conflict.rule.as_ref()),
+                    ids.get(conflict.existing.as_ref()),
                 ) else {
                     continue;
                 };

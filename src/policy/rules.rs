@@ -176,6 +176,16 @@ pub struct Matched<'s> {
     pub captures: Captures,
 }
 
+impl Matched<'_> {
+    /// The value of a path parameter of the match.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.captures
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
 impl RuleSet {
     /// Compiles rules; every pair that would decide the same requests is reported.
     pub fn build(rules: Vec<Rule>) -> Result<Self, Vec<Conflict>> {

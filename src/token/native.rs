@@ -80,6 +80,16 @@ impl TokenKeys {
         })
     }
 
+    /// The keys a configuration names; `None` without secrets.
+    pub fn from_settings(settings: &crate::config::TokenSettings) -> Option<Self> {
+        let secrets: Vec<Secret<Vec<u8>>> = settings
+            .secrets
+            .iter()
+            .map(|(_, secret)| secret.clone())
+            .collect();
+        Self::new(&secrets, settings.max_age, settings.clock_skew)
+    }
+
     pub fn max_age(&self) -> i64 {
         self.max_age
     }
