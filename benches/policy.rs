@@ -40,6 +40,7 @@ fn rules(count: usize) -> RuleSet {
             },
             mode: Mode::Enforce,
             resource: None,
+            rate_limits: Vec::new(),
         })
         .collect();
     RuleSet::build(rules).expect("no conflicts")

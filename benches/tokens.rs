@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use portcullis::identity::Authenticator;
+use portcullis::identity::{Authenticator, LoginAttempt};
 use portcullis::secret::Secret;
 use portcullis::token::{self, TokenKeys};
 
@@ -68,7 +68,7 @@ fn fixture(bcrypt_cost: u32) -> Fixture {
         .expect("authenticator");
     let body = format!(r#"{{"email":"bench@example.com","password":"{PASSWORD}"}}"#);
     let issued = runtime
-        .block_on(authenticator.login(body.as_bytes()))
+        .block_on(authenticator.login(LoginAttempt::parse(body.as_bytes()).expect("body")))
         .expect("login");
     let keys = TokenKeys::new(
         &[Secret::new(SECRET.as_bytes().to_vec())],
@@ -159,7 +159,7 @@ fn logins(c: &mut Criterion) {
                 let body = body.clone();
                 async move {
                     authenticator
-                        .login(body.as_bytes())
+                        .login(LoginAttempt::parse(body.as_bytes()).expect("body"))
                         .await
                         .expect_err("refused")
                 }

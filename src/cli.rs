@@ -59,6 +59,13 @@ pub enum Command {
     /// Access tokens: issue one for a service account, revoke a user's tokens.
     #[command(subcommand)]
     Token(admin::TokenCommand),
+    /// Login lockouts after repeated failed logins: list them, lift them.
+    ///
+    /// A key that exceeds `[rate_limits] login_failures` may not log in for
+    /// `[rate_limits] lockout`. Keys are `login=EMAIL`, `ip=ADDRESS` (IPv6 by its
+    /// /64) or both joined with `|`.
+    #[command(subcommand)]
+    Lockout(admin::LockoutCommand),
     /// Policy files: run their test cases, explain a decision.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -131,6 +138,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::User(command) => admin::user(command),
         Command::Token(command) => admin::token(command),
         Command::Directory(command) => admin::directory(command),
+        Command::Lockout(command) => admin::lockout(command),
         Command::Policy(command) => policy::execute(command),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;

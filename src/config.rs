@@ -9,6 +9,7 @@
 
 pub mod diagnostic;
 mod identity;
+mod rate_limits;
 mod raw;
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +60,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// Rules from the policy files, when `[policies]` is set.
     pub rules: Option<Arc<crate::policy::rules::RuleSet>>,
+    /// Limit classes, where budgets are kept, and the login endpoint's limits.
+    pub rate_limits: crate::rate_limit::RateLimitSettings,
     /// Where the policy files are, when `[policies]` is set.
     pub policies_dir: Option<PathBuf>,
     /// How often the policy files are looked at for changes; zero: only on SIGHUP.
@@ -120,6 +123,8 @@ pub struct ServerSettings {
 }
 
 pub use identity::{DirectorySettings, IdentityHeaderSettings, RedisSettings, TokenSettings};
+pub use rate_limits::{default_classes, rule_classes, spec_problem};
+pub use raw::StringList;
 
 /// Where decision records go and how many may wait to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +198,7 @@ pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("redis", raw::keys_of::<raw::Redis>()),
         ("identity_headers", raw::keys_of::<raw::IdentityHeaders>()),
         ("policies", raw::keys_of::<raw::Policies>()),
+        ("rate_limits", raw::keys_of::<raw::RateLimits>()),
         ("backends.NAME", raw::keys_of::<raw::Backend>()),
         ("route", raw::keys_of::<raw::Route>()),
     ]
@@ -267,6 +273,8 @@ pub fn parse(path: &Path, text: String, env: impl IntoIterator<Item = (String, S
         broken_backends: Default::default(),
         has_directory: false,
         others: Vec::new(),
+        classes: Default::default(),
+        default_classes: Vec::new(),
         base,
         sources: &sources,
     };
@@ -362,6 +370,9 @@ struct Check<'s> {
     has_directory: bool,
     /// Reports of the policy files the configuration names.
     others: Vec<Report>,
+    /// Classes of `[rate_limits.classes]`, and the defaults, for routes and policies.
+    classes: crate::rate_limit::Classes,
+    default_classes: Vec<Arc<crate::rate_limit::LimitClass>>,
     sources: &'s Sources,
 }
 
@@ -458,6 +469,9 @@ impl Check<'_> {
         let policies: raw::Policies = self
             .section("policies", root.remove("policies"))
             .unwrap_or_default();
+        let rate_limits: raw::RateLimits = self
+            .section("rate_limits", root.remove("rate_limits"))
+            .unwrap_or_default();
         let backends_value = root.remove("backends");
         let routes_value = root.remove("route");
 
@@ -473,6 +487,9 @@ impl Check<'_> {
         let tokens = self.tokens(tokens, directory.as_ref().and(directory_span.clone()));
         let directory = directory.and_then(|directory| self.directory(directory, directory_span));
         let redis = redis.and_then(|redis| self.redis(redis, redis_span));
+        let rate_limits = self.rate_limits(rate_limits, redis.is_some());
+        self.classes = rate_limits.classes.clone();
+        self.default_classes = rate_limits::default_classes(&rate_limits);
         let identity_headers = self.identity_headers(identity_headers);
         let backends = self.backends(backends_value, &mut spans);
         let policies_dir = policies.dir.as_ref().map(|dir| self.path(dir.get_ref()));
@@ -512,6 +529,7 @@ impl Check<'_> {
             backends,
             routes,
             rules,
+            rate_limits,
             policies_dir,
             policies_reload_interval,
             spans,
@@ -536,11 +554,13 @@ impl Check<'_> {
             );
             return None;
         }
-        let loaded = crate::policy::file::load(
-            &path,
-            &crate::policy::file::backend_names(backends),
-            self.has_directory,
-        );
+        let inputs = crate::policy::file::Inputs {
+            backends: crate::policy::file::backend_names(backends),
+            database: self.has_directory,
+            classes: self.classes.clone(),
+            default: self.default_classes.clone(),
+        };
+        let loaded = crate::policy::file::load(&path, &inputs);
         self.others.extend(loaded.reports);
         loaded.rules.map(Arc::new)
     }
@@ -1186,12 +1206,19 @@ impl Check<'_> {
             return None;
         }
         places.insert(place, (id.clone(), raw.path_prefix.span()));
+        let rate_limits = rate_limits::rule_classes(
+            raw.rate_limit.as_ref(),
+            &self.classes,
+            &self.default_classes,
+            &mut self.problems,
+        )?;
         valid.then(|| Route {
             id: id.into(),
             host,
             path_prefix: prefix,
             backend,
             access,
+            rate_limits,
         })
     }
 

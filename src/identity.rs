@@ -31,6 +31,7 @@ pub use blocking::{BlockingPool, PoolError};
 
 use crate::config::Config;
 use crate::directory::{self, Change, Directory, User, UserId};
+use crate::rate_limit::lockout::Lockout;
 use crate::secret::Secret;
 use crate::store::{Cluster, Database, StoreError};
 use crate::token::{self, TokenError, TokenKeys};
@@ -99,6 +100,19 @@ impl VerificationPath {
             Self::Cached => "cached",
             Self::Verified => "verified",
         }
+    }
+}
+
+/// A login request's body: `{"email": …, "password": …}`.
+#[derive(Debug, Deserialize)]
+pub struct LoginAttempt {
+    pub email: String,
+    pub password: Secret<String>,
+}
+
+impl LoginAttempt {
+    pub fn parse(body: &[u8]) -> Result<Self, LoginError> {
+        serde_json::from_slice(body).map_err(|_| LoginError::Malformed)
     }
 }
 
@@ -453,17 +467,29 @@ impl Authenticator {
         Ok(cached)
     }
 
-    /// Checks an email and password and issues a token (`POST /api/requestAuthToken`).
-    pub async fn login(&self, body: &[u8]) -> Result<Issued, LoginError> {
-        #[derive(Deserialize)]
-        struct Login {
-            email: String,
-            password: String,
-        }
-        let login: Login = serde_json::from_slice(body).map_err(|_| LoginError::Malformed)?;
-        let password = Secret::new(login.password);
+    /// The lockout in force for any of `keys`, if one is (see `rate_limit::lockout`).
+    pub async fn lockout(&self, keys: Vec<String>) -> Result<Option<Lockout>, StoreError> {
         let directory = self.directory.clone();
-        let email = login.email;
+        self.handle
+            .spawn(async move { directory.database().lockout(&keys, directory::now()).await })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    /// Records a lockout for every instance to see.
+    pub async fn lock_out(&self, lockout: Lockout) -> Result<(), StoreError> {
+        let directory = self.directory.clone();
+        self.handle
+            .spawn(async move { directory.database().lock_out(&lockout).await })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    /// Checks an email and password and issues a token (`POST /api/requestAuthToken`).
+    pub async fn login(&self, attempt: LoginAttempt) -> Result<Issued, LoginError> {
+        let password = attempt.password;
+        let directory = self.directory.clone();
+        let email = attempt.email;
         let user = self
             .handle
             .spawn(async move { directory.find_user(&email).await })

@@ -21,6 +21,10 @@ pub struct Metrics {
     logins: IntCounterVec,
     policy_reloads: IntCounterVec,
     policy_reloaded_at: IntGauge,
+    rate_limited: IntCounterVec,
+    rate_limit_store_errors: prometheus::IntCounter,
+    rate_limit_keys: IntGauge,
+    lockouts: prometheus::IntCounter,
 }
 
 /// What became of a request.
@@ -110,6 +114,29 @@ impl Metrics {
             "policy_reload_timestamp_seconds",
             "When the policy in force was loaded (Unix time).",
         )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused with 429 by limit class (login lockouts included).",
+            ),
+            &["class"],
+        )?;
+        let rate_limit_store_errors = prometheus::IntCounter::new(
+            "rate_limit_store_errors_total",
+            "Rate-limit checks Redis could not answer (then `on_store_error` applies).",
+        )?;
+        let rate_limit_keys = IntGauge::new(
+            "rate_limit_keys",
+            "Keys with a budget in this process's rate-limit tables (after housekeeping).",
+        )?;
+        let lockouts = prometheus::IntCounter::new(
+            "login_lockouts_total",
+            "Login lockouts started after too many failed attempts.",
+        )?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(rate_limit_store_errors.clone()))?;
+        registry.register(Box::new(rate_limit_keys.clone()))?;
+        registry.register(Box::new(lockouts.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_reloaded_at.clone()))?;
         registry.register(Box::new(token_checks.clone()))?;
@@ -132,6 +159,10 @@ impl Metrics {
             logins,
             policy_reloads,
             policy_reloaded_at,
+            rate_limited,
+            rate_limit_store_errors,
+            rate_limit_keys,
+            lockouts,
         })
     }
 
@@ -142,6 +173,27 @@ impl Metrics {
         if success {
             self.policy_reloaded_at.set(unix_now());
         }
+    }
+
+    /// Counts one request refused with 429 under a limit class.
+    pub fn rate_limited(&self, class: &str) {
+        self.rate_limited.with_label_values(&[class]).inc();
+    }
+
+    /// Counts one rate-limit check Redis did not answer.
+    pub fn rate_limit_store_error(&self) {
+        self.rate_limit_store_errors.inc();
+    }
+
+    /// Records how many keys the local rate-limit tables hold.
+    pub fn rate_limit_keys(&self, keys: usize) {
+        self.rate_limit_keys
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one login lockout.
+    pub fn lockout(&self) {
+        self.lockouts.inc();
     }
 
     /// Counts one token check: `cached`, `verified`, `refused` or `unavailable`.

@@ -133,6 +133,7 @@ mod tests {
             path_prefix: "/".into(),
             backend: "b".into(),
             access,
+            rate_limits: Vec::new(),
         }
     }
 

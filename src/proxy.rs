@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! request_filter:           canonicalize → strip → route → identify → rate limit → authorize
-//!                           (or the login endpoint, answered by the gateway)
+//!                           (or the login endpoint, answered by the gateway after its
+//!                           own limits and lockouts)
 //! upstream_peer:            the permitted route's backend (needs a Permit)
 //! upstream_request_filter:  canonical path, forwarding and identity headers
 //! response_filter:          HSTS and security headers
@@ -30,10 +31,12 @@ pub use snapshot::Snapshot;
 use crate::audit::Audit;
 use crate::canonical::canonicalize;
 use crate::forwarding::{ConnectionRewrite, ForwardedFor, Signed, Strip, identity_headers};
-use crate::identity::{Authenticator, Caller, IdentityError, LoginError};
+use crate::identity::{Authenticator, Caller, IdentityError, LoginAttempt, LoginError};
 use crate::metrics::Metrics;
 use crate::policy::rules::{Resolved, ResourceRef};
 use crate::policy::{Permit, authorize, authorize_rule};
+use crate::rate_limit::lockout::Lockout;
+use crate::rate_limit::{Exceeded, LimitClass, LimitError, RateLimiter, Subject};
 use crate::rejection::Rejection;
 use crate::route::Access;
 
@@ -44,6 +47,8 @@ pub struct Gateway {
     audit: Arc<Audit>,
     /// Verifies tokens and passwords; `None` without a directory.
     authenticator: Option<Arc<Authenticator>>,
+    /// Rate-limit budgets; they outlive snapshots, so a reload keeps them.
+    limiter: Arc<RateLimiter>,
 }
 
 impl Gateway {
@@ -52,12 +57,14 @@ impl Gateway {
         metrics: Arc<Metrics>,
         audit: Arc<Audit>,
         authenticator: Option<Arc<Authenticator>>,
+        limiter: Arc<RateLimiter>,
     ) -> Self {
         Self {
             snapshot,
             metrics,
             audit,
             authenticator,
+            limiter,
         }
     }
 }
@@ -167,7 +174,7 @@ impl Gateway {
             && path == authenticator.login_path()
         {
             ctx.route = Some(LOGIN_ROUTE.into());
-            return login(session, ctx, authenticator, &self.metrics).await;
+            return self.login(session, ctx, authenticator).await;
         }
         if let Some(rules) = snapshot.rules() {
             let method = session.req_header().method.as_str().to_owned();
@@ -176,7 +183,8 @@ impl Gateway {
                 .ok_or(Rejection::NoRoute)?;
             ctx.route = Some(matched.rule.id.clone());
             let caller = self.identify(matched.rule.access, session, ctx).await?;
-            snapshot.rate_limits().check(&matched.rule.id, &caller)?;
+            self.limit(&matched.rule.rate_limits, &caller, &matched.rule.id, ctx)
+                .await?;
             let resolved = match (&matched.rule.resource, &caller) {
                 (Some(reference), Caller::User(_)) => {
                     self.resolve(reference, &matched.captures).await?
@@ -192,8 +200,151 @@ impl Gateway {
             .ok_or(Rejection::NoRoute)?;
         ctx.route = Some(route.id.clone());
         let caller = self.identify(route.access, session, ctx).await?;
-        snapshot.rate_limits().check(&route.id, &caller)?;
+        self.limit(&route.rate_limits, &caller, &route.id, ctx)
+            .await?;
         authorize(route, &caller).map(Admission::Forward)
+    }
+
+    /// The rate-limit stage: counts the request under every limit of `classes`.
+    async fn limit(
+        &self,
+        classes: &[Arc<LimitClass>],
+        caller: &Caller,
+        route: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), Rejection> {
+        if classes.is_empty() {
+            return Ok(());
+        }
+        let (user, account) = match caller {
+            Caller::User(identity) => (Some(identity.user_id), Some(identity.account_id)),
+            Caller::Anonymous => (None, None),
+        };
+        let subject = Subject {
+            ip: client_ip(ctx)?,
+            user,
+            account,
+            route,
+            login: None,
+        };
+        self.limiter
+            .check(classes, &subject)
+            .await
+            .map_err(Rejection::from)
+    }
+
+    /// `POST /api/requestAuthToken`: reads the JSON body, applies the login limits
+    /// and lockouts, checks the password, answers with a token.
+    async fn login(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        authenticator: &Authenticator,
+    ) -> Result<Admission, Rejection> {
+        if session.req_header().method != http::Method::POST {
+            return Err(Rejection::LoginMethod);
+        }
+        let body = read_body(session, MAX_LOGIN_BODY).await?;
+        let attempt = LoginAttempt::parse(&body);
+        let email = attempt.as_ref().ok().map(|a| a.email.clone());
+        let snapshot = ctx.snapshot.clone();
+        let subject = Subject {
+            ip: client_ip(ctx)?,
+            user: None,
+            account: None,
+            route: LOGIN_ROUTE,
+            login: email.as_deref(),
+        };
+        // SECURITY: limits and lockouts come before the password is looked at, so
+        // neither guessing nor a storm reaches bcrypt beyond the budget.
+        self.limiter
+            .check(snapshot.login_limits(), &subject)
+            .await
+            .map_err(Rejection::from)?;
+        let attempt = attempt.map_err(|_| Rejection::MalformedLogin)?;
+        let lockouts = !snapshot.lockout().is_zero();
+        if lockouts {
+            let keys: Vec<String> = snapshot
+                .login_failures()
+                .iter()
+                .flat_map(|class| &class.limits)
+                .map(|limit| subject.key(&limit.limit, self.limiter.ipv6_prefix()))
+                .collect();
+            let held = authenticator.lockout(keys).await.map_err(|e| {
+                Rejection::CredentialsUnavailable {
+                    cause: e.to_string(),
+                }
+            })?;
+            if let Some(lockout) = held {
+                self.metrics.rate_limited("lockout");
+                return Err(Rejection::LockedOut {
+                    retry_after: u64::try_from(lockout.until - crate::directory::now())
+                        .unwrap_or(1),
+                    key: lockout.key,
+                });
+            }
+        }
+        let outcome = authenticator.login(attempt).await;
+        self.metrics.login(match &outcome {
+            Ok(_) => "issued",
+            Err(LoginError::Malformed | LoginError::BadCredentials) => "refused",
+            Err(LoginError::Unavailable(_)) => "unavailable",
+        });
+        match outcome {
+            Ok(issued) => {
+                respond::issued(session, ctx, &issued)
+                    .await
+                    .map_err(|e| Rejection::Internal(e.to_string()))?;
+                Ok(Admission::Answered)
+            }
+            Err(LoginError::Malformed) => Err(Rejection::MalformedLogin),
+            Err(LoginError::BadCredentials) => {
+                let failures = snapshot.login_failures();
+                if let Some(exceeded) = self.limiter.count_failure(failures, &subject).await
+                    && lockouts
+                {
+                    self.lock_out(authenticator, &exceeded, snapshot.lockout(), ctx)
+                        .await;
+                }
+                Err(Rejection::LoginFailed)
+            }
+            Err(LoginError::Unavailable(cause)) => Err(Rejection::CredentialsUnavailable { cause }),
+        }
+    }
+
+    /// Locks the key that exceeded a failed-login limit out for `duration`.
+    async fn lock_out(
+        &self,
+        authenticator: &Authenticator,
+        exceeded: &Exceeded,
+        duration: std::time::Duration,
+        ctx: &RequestContext,
+    ) {
+        let now = crate::directory::now();
+        let lockout = Lockout {
+            key: exceeded.key.clone(),
+            until: now.saturating_add(i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)),
+            reason: exceeded.to_string(),
+            created: now,
+        };
+        let detail = format!(
+            "`{}` locked out for {} after {}",
+            lockout.key,
+            humantime::format_duration(duration),
+            lockout.reason
+        );
+        match authenticator.lock_out(lockout).await {
+            Ok(()) => {
+                self.metrics.lockout();
+                tracing::warn!(request_id = %ctx.request_id, "{detail}");
+                self.audit.security("login-locked-out", Some(&detail));
+            }
+            // The failure limit still refuses this key's next failures; the lockout
+            // itself is retried at the next one.
+            Err(error) => {
+                tracing::error!(request_id = %ctx.request_id, error = %error, "cannot record a login lockout");
+            }
+        }
     }
 
     /// The resource a rule is about: its owner and consultancy accounts, from the
@@ -338,46 +489,37 @@ async fn identify(
     }
 }
 
-/// `POST /api/requestAuthToken`: reads the JSON body, checks the password, answers
-/// with a token.
-async fn login(
-    session: &mut Session,
-    ctx: &mut RequestContext,
-    authenticator: &Authenticator,
-    metrics: &Metrics,
-) -> Result<Admission, Rejection> {
-    if session.req_header().method != http::Method::POST {
-        return Err(Rejection::LoginMethod);
-    }
+/// The client's address, as the gateway verified it in `locate`.
+fn client_ip(ctx: &RequestContext) -> Result<std::net::IpAddr, Rejection> {
+    ctx.client
+        .as_ref()
+        .map(|client| client.client_ip)
+        .ok_or_else(|| Rejection::Internal("client address missing".into()))
+}
+
+/// Reads a whole request body of at most `limit` bytes (413 beyond).
+async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, Rejection> {
     let mut body = Vec::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_LOGIN_BODY {
+                if body.len() + chunk.len() > limit {
                     return Err(Rejection::BodyTooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => break,
+            Ok(None) => return Ok(body),
             Err(_) => return Err(Rejection::BadRequest),
         }
     }
-    let outcome = authenticator.login(&body).await;
-    metrics.login(match &outcome {
-        Ok(_) => "issued",
-        Err(LoginError::Malformed | LoginError::BadCredentials) => "refused",
-        Err(LoginError::Unavailable(_)) => "unavailable",
-    });
-    match outcome {
-        Ok(issued) => {
-            respond::issued(session, ctx, &issued)
-                .await
-                .map_err(|e| Rejection::Internal(e.to_string()))?;
-            Ok(Admission::Answered)
+}
+
+impl From<LimitError> for Rejection {
+    fn from(error: LimitError) -> Self {
+        match error {
+            LimitError::Exceeded(exceeded) => Self::RateLimited(Box::new(exceeded)),
+            LimitError::Unavailable(cause) => Self::LimitsUnavailable { cause },
         }
-        Err(LoginError::Malformed) => Err(Rejection::MalformedLogin),
-        Err(LoginError::BadCredentials) => Err(Rejection::LoginFailed),
-        Err(LoginError::Unavailable(cause)) => Err(Rejection::CredentialsUnavailable { cause }),
     }
 }
 

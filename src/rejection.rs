@@ -43,6 +43,15 @@ pub enum Rejection {
     LoginMethod,
     #[error("request body too large")]
     BodyTooLarge,
+    /// Over a rate limit; the next request under the same key passes after a wait.
+    #[error("{0}")]
+    RateLimited(Box<crate::rate_limit::Exceeded>),
+    /// Login attempts under this key are refused until the lockout ends.
+    #[error("login locked out after repeated failures ({key})")]
+    LockedOut { key: String, retry_after: u64 },
+    /// Rate limits could not be checked (Redis down and `on_store_error = "deny"`).
+    #[error("rate limits cannot be checked: {cause}")]
+    LimitsUnavailable { cause: String },
     #[error("backend `{backend}` refused or dropped the connection")]
     BackendUnreachable { backend: String },
     #[error("backend `{backend}` did not answer in time")]
@@ -141,12 +150,54 @@ impl Rejection {
                 r#"{"status":413,"message":"Request body too large."}"#,
                 &[],
             ),
+            // RFC 6585 §4; the wait is in `headers()`.
+            Self::RateLimited(_) | Self::LockedOut { .. } => (
+                429,
+                r#"{"status":429,"message":"Too many requests: retry after the time in Retry-After."}"#,
+                &[],
+            ),
+            Self::LimitsUnavailable { .. } => (
+                503,
+                r#"{"status":503,"message":"Service unavailable: the request cannot be checked right now, retry shortly."}"#,
+                RETRY_SOON,
+            ),
             Self::Internal(_) => (500, r#"{"status":500,"message":"Internal error."}"#, &[]),
         };
         Refusal {
             status,
             body,
             headers,
+        }
+    }
+}
+
+impl Rejection {
+    /// Headers whose values depend on the refusal: `Retry-After` (RFC 9110 §10.2.3)
+    /// and the `RateLimit-Policy`/`RateLimit` fields of
+    /// draft-ietf-httpapi-ratelimit-headers (structured fields: the policy's name,
+    /// `q` quota units per `w` seconds; `r` remaining, `t` seconds until it resets).
+    pub fn dynamic_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::RateLimited(exceeded) => {
+                let wait = crate::rate_limit::local::whole_seconds(exceeded.retry_after);
+                let name = &exceeded.policy;
+                vec![
+                    ("retry-after", wait.to_string()),
+                    (
+                        "ratelimit-policy",
+                        format!(
+                            "\"{name}\";q={};w={}",
+                            exceeded.limit.count,
+                            exceeded.limit.period.as_secs()
+                        ),
+                    ),
+                    ("ratelimit", format!("\"{name}\";r=0;t={wait}")),
+                ]
+            }
+            Self::LockedOut { retry_after, .. } => {
+                vec![("retry-after", retry_after.max(&1).to_string())]
+            }
+            _ => Vec::new(),
         }
     }
 }
@@ -190,6 +241,13 @@ mod tests {
             Rejection::LoginFailed,
             Rejection::LoginMethod,
             Rejection::BodyTooLarge,
+            Rejection::LockedOut {
+                key: "login=secret@example.com".into(),
+                retry_after: 60,
+            },
+            Rejection::LimitsUnavailable {
+                cause: "secret cause".into(),
+            },
             Rejection::Internal("secret detail".into()),
         ];
         for rejection in rejections {
@@ -201,6 +259,29 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_str(refusal.body).expect("json");
             assert_eq!(parsed["status"], refusal.status);
         }
+    }
+
+    #[test]
+    fn rate_limited_refusals_say_when_to_retry_and_which_limit() {
+        let class = crate::rate_limit::LimitClass::parse("api", "500/min per user").expect("valid");
+        let limit = class.limits.first().expect("one limit").clone();
+        let rejection = Rejection::RateLimited(Box::new(crate::rate_limit::Exceeded {
+            class: class.name.clone(),
+            policy: limit.policy.clone(),
+            limit: limit.limit,
+            retry_after: std::time::Duration::from_millis(1200),
+            key: "user=secret".into(),
+        }));
+        assert_eq!(rejection.response().status, 429);
+        assert!(!rejection.response().body.contains("secret"));
+        assert_eq!(
+            rejection.dynamic_headers(),
+            vec![
+                ("retry-after", "2".to_owned()),
+                ("ratelimit-policy", r#""api";q=500;w=60"#.to_owned()),
+                ("ratelimit", r#""api";r=0;t=2"#.to_owned()),
+            ]
+        );
     }
 
     #[test]

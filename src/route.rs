@@ -124,6 +124,8 @@ pub struct Route {
     /// Name of the backend that serves the route.
     pub backend: Arc<str>,
     pub access: Access,
+    /// Limit classes that apply, in order.
+    pub rate_limits: Vec<Arc<crate::rate_limit::LimitClass>>,
 }
 
 impl Route {
@@ -256,6 +258,7 @@ mod tests {
             path_prefix: normalize_prefix(prefix).expect("prefix"),
             backend: "b".into(),
             access: Access::Public,
+            rate_limits: Vec::new(),
         }
     }
 

@@ -28,6 +28,13 @@ impl<T> fmt::Debug for Secret<T> {
     }
 }
 
+/// Secrets arrive in request bodies too (passwords); reading one keeps it wrapped.
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Secret<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Self)
+    }
+}
+
 /// Where a secret comes from: `env:NAME` or `file:PATH`. Configuration never holds
 /// secret bytes inline, so a config file can be shown, diffed and committed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::identity::Authenticator;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Snapshot};
+use crate::rate_limit::RateLimiter;
 use crate::redirect::Redirect;
 use crate::tls::{
     CertificatePair, CertificateReloader, CertificateStore, TlsError, listener_settings,
@@ -45,6 +46,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Identity(#[from] crate::identity::StartError),
+    #[error("rate limits: {0}")]
+    RateLimits(#[from] crate::store::StoreError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -85,6 +88,11 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     metrics.certificate_served(pair.not_after.unix_timestamp());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
     let authenticator = Authenticator::start(config)?;
+    let limiter = Arc::new(RateLimiter::new(
+        &config.rate_limits,
+        config.redis.as_ref(),
+        metrics.clone(),
+    )?);
 
     let server_conf = ServerConf {
         threads: config.server.threads,
@@ -105,6 +113,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
             metrics.clone(),
             audit.clone(),
             authenticator.clone(),
+            limiter.clone(),
         ),
         "portcullis https",
     );
@@ -152,6 +161,14 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     }
 
     server.add_service(background_service(
+        "rate-limit housekeeping",
+        Housekeeping {
+            limiter,
+            interval: config.rate_limits.housekeeping_interval,
+        },
+    ));
+
+    server.add_service(background_service(
         "audit writer",
         AuditService {
             writer: std::sync::Mutex::new(Some(audit_writer)),
@@ -188,6 +205,30 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
         "gateway configured"
     );
     Ok(server)
+}
+
+/// Drops rate-limit keys whose budgets refilled, so key memory stays bounded.
+struct Housekeeping {
+    limiter: Arc<RateLimiter>,
+    interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    let limiter = self.limiter.clone();
+                    let keys = tokio::task::spawn_blocking(move || limiter.housekeep()).await;
+                    tracing::debug!(keys = keys.unwrap_or_default(), "rate-limit keys after housekeeping");
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 /// Runs the audit writer until shutdown, then lets it drain.

@@ -8,7 +8,7 @@
 mod cluster;
 mod database;
 
-pub use cluster::{Cluster, Subscription};
+pub use cluster::{Cluster, GcraAnswer, GcraKey, Subscription};
 pub use database::Database;
 
 /// Why the store could not do what was asked. Never contains credentials.

@@ -213,6 +213,109 @@ fn finish(outcome: Outcome) -> ExitCode {
     }
 }
 
+#[derive(Debug, Subcommand)]
+pub enum LockoutCommand {
+    /// List the lockouts in force: key, end, time left and the limit exceeded.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Lift lockouts now, so the key may log in again. A further failure within the
+    /// failed-login limit's window locks it out again.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["login", "ip", "key", "all"])))]
+    Lift {
+        /// The lockout of a login name (an email).
+        #[arg(long, conflicts_with_all = ["ip", "key", "all"])]
+        login: Option<String>,
+        /// The lockout of a client address.
+        #[arg(long, conflicts_with_all = ["key", "all"])]
+        ip: Option<std::net::IpAddr>,
+        /// A key exactly as `lockout list` shows it.
+        #[arg(long, conflicts_with = "all")]
+        key: Option<String>,
+        /// Every lockout.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub fn lockout(command: LockoutCommand) -> ExitCode {
+    match command {
+        LockoutCommand::List { config } => with_directory(&config.config, async |_, directory| {
+            let now = crate::directory::now();
+            let lockouts = directory
+                .database()
+                .lockouts(now)
+                .await
+                .map_err(|e| Failure(e.to_string(), EXIT_FAILURE))?;
+            if lockouts.is_empty() {
+                return Ok("no lockouts in force".into());
+            }
+            let mut out = format!(
+                "{:<40} {:<20} {:>8}  LIMIT EXCEEDED\n",
+                "KEY", "UNTIL (UTC)", "LEFT"
+            );
+            for lockout in lockouts {
+                out.push_str(&format!(
+                    "{:<40} {:<20} {:>7}s  {}\n",
+                    lockout.key,
+                    utc(lockout.until),
+                    lockout.until - now,
+                    lockout.reason
+                ));
+            }
+            Ok(out.trim_end().to_owned())
+        }),
+        LockoutCommand::Lift {
+            login,
+            ip,
+            key,
+            all: _,
+            config,
+        } => with_directory(&config.config, async |config, directory| {
+            // Keys as the gateway writes them; `None` (--all): every lockout.
+            let key = match (login, ip, key) {
+                (Some(login), _, _) => Some(crate::rate_limit::login_key(&login)),
+                (_, Some(ip), _) => Some(crate::rate_limit::lockout::ip_key(
+                    ip,
+                    config.rate_limits.ipv6_prefix,
+                )),
+                (_, _, key) => key,
+            };
+            let lifted = directory
+                .database()
+                .lift_lockouts(key.as_deref())
+                .await
+                .map_err(|e| Failure(e.to_string(), EXIT_FAILURE))?;
+            Ok(match (lifted, key) {
+                (0, Some(key)) => format!("`{key}` is not locked out"),
+                (_, Some(key)) => format!("lifted the lockout of `{key}`"),
+                (n, None) => format!("lifted {n} lockout(s)"),
+            })
+        }),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS`.
+fn utc(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix).map_or_else(
+        |_| unix.to_string(),
+        |t| {
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        },
+    )
+}
+
 /// Loads the configuration and opens its directory, with migrations applied.
 fn with_directory<F>(path: &Path, work: F) -> ExitCode
 where

@@ -172,10 +172,10 @@ fn diff(config_path: &Path, old: &Path, new: &Path) -> ExitCode {
         eprint!("{}", loaded.report.render(color()));
         return ExitCode::from(EXIT_CONFIG);
     };
-    let backends = crate::policy::file::backend_names(&config.backends);
+    let inputs = crate::policy::file::Inputs::of(&config);
     let mut sets = Vec::new();
     for dir in [old, new] {
-        let loaded = crate::policy::file::load(dir, &backends, config.directory.is_some());
+        let loaded = crate::policy::file::load(dir, &inputs);
         match loaded.rules {
             Some(rules) => sets.push(rules),
             None => {

@@ -24,6 +24,7 @@ pub const SECTIONS: &[&str] = &[
     "redis",
     "identity_headers",
     "policies",
+    "rate_limits",
     "backends",
     "route",
 ];
@@ -117,6 +118,21 @@ pub struct Policies {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    pub store: Option<Spanned<String>>,
+    pub on_store_error: Option<Spanned<String>>,
+    pub max_keys: Option<Spanned<i64>>,
+    pub housekeeping_interval: Option<Spanned<DurationText>>,
+    pub ipv6_prefix: Option<Spanned<i64>>,
+    pub default: Option<Spanned<StringList>>,
+    pub login: Option<Spanned<String>>,
+    pub login_failures: Option<Spanned<String>>,
+    pub lockout: Option<Spanned<DurationText>>,
+    pub classes: Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IdentityHeaders {
     pub signing_secret: Option<Spanned<String>>,
 }
@@ -150,6 +166,7 @@ pub struct Route {
     pub path_prefix: Spanned<String>,
     pub backend: Spanned<String>,
     pub auth: Spanned<String>,
+    pub rate_limit: Option<Spanned<StringList>>,
 }
 
 fn any_host() -> Spanned<String> {

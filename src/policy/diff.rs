@@ -2,8 +2,8 @@
 //!
 //! Rules are compared by id. For a rule in both versions, each allow group (an AND of
 //! principals, written `a and b`) that appears only in the new version gains access,
-//! one only in the old loses it; changes of `auth`, methods, path or mode are listed
-//! too, since they change who reaches what.
+//! one only in the old loses it; changes of `auth`, methods, path, mode or rate limits
+//! are listed too, since they change who reaches what and how often.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +24,18 @@ fn groups(rule: &Rule) -> BTreeSet<String> {
 
 fn shape(rule: &Rule) -> String {
     format!("{} {}", rule.methods.join("|"), rule.template)
+}
+
+/// The rule's limit classes with their limits, e.g. `api (500/min per user)`.
+fn limits(rule: &Rule) -> String {
+    if rule.rate_limits.is_empty() {
+        return "none".into();
+    }
+    rule.rate_limits
+        .iter()
+        .map(|class| format!("{} ({})", class.name, class.text))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn by_id(set: &RuleSet) -> BTreeMap<&str, &Rule> {
@@ -88,6 +100,13 @@ pub fn diff(old: &RuleSet, new: &RuleSet) -> Vec<String> {
                 name(before.mode)
             ));
         }
+        if limits(before) != limits(rule) {
+            lines.push(format!(
+                "~ {id}: rate limits {} instead of {}",
+                limits(rule),
+                limits(before)
+            ));
+        }
         let (was, is) = (groups(before), groups(rule));
         for gained in is.difference(&was) {
             lines.push(format!("+ {id}: {gained}"));
@@ -123,6 +142,7 @@ mod tests {
                     .collect(),
             },
             mode: Mode::Enforce,
+            rate_limits: Vec::new(),
             resource: None,
         }
     }

@@ -10,6 +10,10 @@
 //! permission = "read"                      # optional; else from the method
 //! allow = ["account:{owner}", ["role:consultant", "account:{consultancy}"]]
 //! mode = "enforce"                         # or "shadow": log would-be refusals only
+//! rate_limit = "api"                       # classes (a name or a list); default: [rate_limits] default
+//!
+//! [rate_limits]                            # classes, beside those of the configuration
+//! api = "500/min per user"
 //! ```
 //!
 //! Every file is checked completely and every problem reported with file:line:col
@@ -29,6 +33,7 @@ use super::principal::{Allow, Principal};
 use super::rules::{METHODS, Mode, Permission, Resource, ResourceRef, Rule, RuleSet};
 use super::template::Template;
 use crate::config::diagnostic::{Problem, Report, Sources, nearest};
+use crate::rate_limit::{Classes, LimitClass};
 use crate::route::{Access, HostPattern};
 
 #[derive(Debug, Deserialize)]
@@ -52,9 +57,11 @@ struct RawRule {
     allow: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
     resource: Option<Spanned<String>>,
+    rate_limit: Option<Spanned<crate::config::StringList>>,
 }
 
 const RULE_KEYS: &[&str] = &[
+    "rate_limit",
     "resource",
     "id",
     "match",
@@ -80,9 +87,34 @@ pub struct Loaded {
     pub reports: Vec<Report>,
 }
 
-/// Loads every `*.toml` directly in `dir` (sorted by name) against the configured
-/// backends. `database`: whether a directory database exists for `[resources]`.
-pub fn load(dir: &Path, backends: &[Arc<str>], database: bool) -> Loaded {
+/// What policy files are checked against, from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub backends: Vec<Arc<str>>,
+    /// Whether a directory database exists for `[resources]`.
+    pub database: bool,
+    /// Classes of the configuration's `[rate_limits.classes]`.
+    pub classes: Classes,
+    /// Classes for rules that name none.
+    pub default: Vec<Arc<LimitClass>>,
+}
+
+impl Inputs {
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            backends: backend_names(&config.backends),
+            database: config.directory.is_some(),
+            classes: config.rate_limits.classes.clone(),
+            default: crate::config::default_classes(&config.rate_limits),
+        }
+    }
+}
+
+/// Loads every `*.toml` directly in `dir` (sorted by name) against the
+/// configuration's backends, database and limit classes.
+pub fn load(dir: &Path, inputs: &Inputs) -> Loaded {
+    let backends = inputs.backends.as_slice();
+    let database = inputs.database;
     let mut reports = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -114,16 +146,21 @@ pub fn load(dir: &Path, backends: &[Arc<str>], database: bool) -> Loaded {
         .iter()
         .map(|path| std::fs::read_to_string(path).unwrap_or_default())
         .collect();
-    // First every file's [resources], so rules in any file can name them.
+    // First every file's [resources] and [rate_limits], so rules in any file can
+    // name them.
     let mut resources: HashMap<String, Arc<Resource>> = HashMap::new();
+    let mut classes = inputs.classes.clone();
     let mut early: Vec<Vec<Problem>> = Vec::new();
     for text in &texts {
         let mut check = FileCheck {
             problems: Vec::new(),
             backends,
             resources: &HashMap::new(),
+            classes: &Classes::new(),
+            default: &[],
         };
         check.resources(text, database, &mut resources);
+        check.classes(text, &inputs.classes, &mut classes);
         early.push(check.problems);
     }
     for (file, path) in paths.iter().enumerate() {
@@ -132,6 +169,8 @@ pub fn load(dir: &Path, backends: &[Arc<str>], database: bool) -> Loaded {
             problems: early.get_mut(file).map(std::mem::take).unwrap_or_default(),
             backends,
             resources: &resources,
+            classes: &classes,
+            default: &inputs.default,
         };
         for (rule, span) in check.file(&text) {
             if let Some(first) = ids.get(rule.id.as_ref()) {
@@ -240,6 +279,8 @@ struct FileCheck<'b> {
     problems: Vec<Problem>,
     backends: &'b [Arc<str>],
     resources: &'b HashMap<String, Arc<Resource>>,
+    classes: &'b Classes,
+    default: &'b [Arc<LimitClass>],
 }
 
 impl FileCheck<'_> {
@@ -257,11 +298,14 @@ impl FileCheck<'_> {
         }
         let mut root = root.into_inner();
         for (key, _) in root.iter() {
-            if !matches!(key.get_ref().as_ref(), "route" | "resources") {
+            if !matches!(
+                key.get_ref().as_ref(),
+                "route" | "resources" | "rate_limits"
+            ) {
                 self.error(
                     Problem::error(format!("unknown key `{}`", key.get_ref()))
                         .at(key.span())
-                        .help("a policy file holds [[route]] and [resources.NAME] tables"),
+                        .help("a policy file holds [[route]], [resources.NAME] and [rate_limits] tables"),
                 );
             }
         }
@@ -392,6 +436,62 @@ impl FileCheck<'_> {
                     missing_is_not_found,
                 )),
             );
+        }
+    }
+
+    /// `[rate_limits]` of one file: `NAME = "SPEC"`. A name may be declared once,
+    /// here or in the configuration.
+    fn classes(&mut self, text: &str, configured: &Classes, classes: &mut Classes) {
+        let (root, _) = DeTable::parse_recoverable(text);
+        let mut root = root.into_inner();
+        let Some(value) = root.remove("rate_limits") else {
+            return;
+        };
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.error(Problem::error("`rate_limits` is a table of `NAME = \"SPEC\"`").at(span));
+            return;
+        };
+        for (name, value) in table.iter() {
+            let name_span = name.span();
+            let name = name.get_ref().to_string();
+            let value_span = value.span();
+            let DeValue::String(spec) = value.get_ref() else {
+                self.error(
+                    Problem::error(format!(
+                        "class `{name}` is a string like \"500/min per user\""
+                    ))
+                    .at(value_span),
+                );
+                continue;
+            };
+            if !crate::rate_limit::is_class_name(&name) {
+                self.error(
+                    Problem::error(format!("`{name}` is not a valid class name"))
+                        .at(name_span)
+                        .help("use letters, digits, `-`, `_` or `.`"),
+                );
+                continue;
+            }
+            if classes.contains_key(name.as_str()) {
+                let where_ = if configured.contains_key(name.as_str()) {
+                    "in the configuration's [rate_limits.classes]"
+                } else {
+                    "in another policy file"
+                };
+                self.error(
+                    Problem::error(format!("rate-limit class `{name}` is declared twice"))
+                        .at(name_span)
+                        .help(format!("it is already declared {where_}; rename one")),
+                );
+                continue;
+            }
+            match LimitClass::parse(&name, spec) {
+                Ok(class) => {
+                    classes.insert(class.name.clone(), Arc::new(class));
+                }
+                Err(error) => self.error(crate::config::spec_problem(&error, value_span)),
+            }
         }
     }
 
@@ -564,7 +664,15 @@ impl FileCheck<'_> {
                 }
             },
         };
+        let rate_limits = crate::config::rule_classes(
+            raw.rate_limit.as_ref(),
+            self.classes,
+            self.default,
+            &mut self.problems,
+        );
+        ok &= rate_limits.is_some();
         ok.then(|| Rule {
+            rate_limits: rate_limits.unwrap_or_default(),
             id: id.into(),
             host,
             methods,

@@ -143,6 +143,8 @@ pub struct Rule {
     pub mode: Mode,
     /// The resource the request is about, for `{owner}` and `{consultancy}`.
     pub resource: Option<ResourceRef>,
+    /// Limit classes that apply, in order.
+    pub rate_limits: Vec<Arc<crate::rate_limit::LimitClass>>,
 }
 
 /// Two rules that would decide the same requests.
@@ -342,6 +344,7 @@ mod tests {
                     .collect(),
             },
             mode: Mode::Enforce,
+            rate_limits: Vec::new(),
             resource: None,
         }
     }

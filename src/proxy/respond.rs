@@ -24,7 +24,6 @@ pub async fn refuse(
 ) -> Result<()> {
     let refusal = rejection.response();
     tracing::debug!(request_id = %ctx.request_id, reason = %rejection, "refused");
-    ctx.refusal = Some(rejection);
     let mut header = ResponseHeader::build(refusal.status, Some(8))?;
     header.insert_header(CONTENT_TYPE, "application/json")?;
     header.insert_header(CONTENT_LENGTH, refusal.body.len().to_string())?;
@@ -32,6 +31,10 @@ pub async fn refuse(
     for (name, value) in refusal.headers {
         header.insert_header(*name, *value)?;
     }
+    for (name, value) in rejection.dynamic_headers() {
+        header.insert_header(name, value)?;
+    }
+    ctx.refusal = Some(rejection);
     secure(&mut header, ctx)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session

@@ -14,7 +14,7 @@ use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 use crate::config::{Backend, Config};
 use crate::forwarding::{IdentitySigner, TrustedProxies};
 use crate::policy::rules::RuleSet;
-use crate::rate_limit::RateLimits;
+use crate::rate_limit::LimitClass;
 use crate::route::RouteTable;
 use crate::tls::{TlsError, backend_ca};
 
@@ -24,7 +24,12 @@ pub struct Snapshot {
     peers: HashMap<Arc<str>, HttpPeer>,
     hsts: HeaderValue,
     trusted_proxies: TrustedProxies,
-    rate_limits: RateLimits,
+    /// Every login attempt counts against these.
+    login_limits: Vec<Arc<LimitClass>>,
+    /// Failed login attempts count against these, then lock out.
+    login_failures: Vec<Arc<LimitClass>>,
+    /// How long a lockout lasts; zero: none.
+    lockout: std::time::Duration,
     signer: Option<IdentitySigner>,
     /// Policy rules; when set, they replace `routes`.
     rules: Option<Arc<RuleSet>>,
@@ -43,7 +48,9 @@ impl Snapshot {
             hsts: HeaderValue::from_str(&config.hsts.header_value())
                 .unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000")),
             trusted_proxies: config.server.trusted_proxies.clone(),
-            rate_limits: RateLimits::default(),
+            login_limits: config.rate_limits.login.iter().cloned().collect(),
+            login_failures: config.rate_limits.login_failures.iter().cloned().collect(),
+            lockout: config.rate_limits.lockout,
             rules: config.rules.clone(),
             signer: config
                 .identity_headers
@@ -65,8 +72,16 @@ impl Snapshot {
         &self.trusted_proxies
     }
 
-    pub fn rate_limits(&self) -> &RateLimits {
-        &self.rate_limits
+    pub fn login_limits(&self) -> &[Arc<LimitClass>] {
+        &self.login_limits
+    }
+
+    pub fn login_failures(&self) -> &[Arc<LimitClass>] {
+        &self.login_failures
+    }
+
+    pub fn lockout(&self) -> std::time::Duration {
+        self.lockout
     }
 
     /// Signs identity headers, when configured.

@@ -69,12 +69,9 @@ impl PolicyReloader {
     /// Loads and checks the policy files; swaps them in when valid.
     async fn reload(&self) {
         let dir = self.dir.clone();
-        let backends = crate::policy::file::backend_names(&self.config.backends);
-        let database = self.config.directory.is_some();
-        let loaded = tokio::task::spawn_blocking(move || {
-            crate::policy::file::load(&dir, &backends, database)
-        })
-        .await;
+        let inputs = crate::policy::file::Inputs::of(&self.config);
+        let loaded =
+            tokio::task::spawn_blocking(move || crate::policy::file::load(&dir, &inputs)).await;
         let Ok(loaded) = loaded else {
             self.metrics.policy_reload(false);
             tracing::error!("policy reload failed on the blocking pool");

@@ -26,6 +26,57 @@ if tonumber(ARGV[1]) > current then
 end
 return 1";
 
+/// GCRA over several keys at once, all or nothing, on Redis's clock (so instances
+/// with skewed clocks still share one budget). KEYS[i] holds a theoretical arrival
+/// time in µs; ARGV[2i-1] is the emission interval and ARGV[2i] the burst tolerance
+/// (interval × (burst − 1)), both in µs. Returns `{1, remaining…}` when every key
+/// admits the request (and counts it in each), else `{0, index, wait µs}` for the key
+/// that needs the longest wait, counting nothing. Keys expire once their budget is
+/// full again. The same arithmetic as governor's `Gcra::test_and_update`.
+const GCRA: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tats = {}
+local worst, wait = 0, -1
+for i = 1, #KEYS do
+  local interval, tolerance = tonumber(ARGV[2*i-1]), tonumber(ARGV[2*i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  tats[i] = tat
+  local earliest = tat - tolerance
+  if now < earliest and earliest - now > wait then
+    worst, wait = i, earliest - now
+  end
+end
+if wait >= 0 then return {0, worst, wait} end
+local answer = {1}
+for i = 1, #KEYS do
+  local interval, tolerance = tonumber(ARGV[2*i-1]), tonumber(ARGV[2*i])
+  local next_tat = tats[i] + interval
+  local ttl = math.ceil((next_tat - now) / 1000) + 1
+  redis.call('SET', KEYS[i], string.format('%.0f', next_tat), 'PX', ttl)
+  answer[i + 1] = math.floor((now + tolerance + interval - next_tat) / interval)
+end
+return answer";
+
+/// One key's parameters for [`Cluster::gcra`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcraKey {
+    /// The full key name, prefix included (see [`Cluster::key`]).
+    pub key: String,
+    pub interval: Duration,
+    pub burst: u32,
+}
+
+/// What [`Cluster::gcra`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcraAnswer {
+    /// Counted under every key; how many more each would admit now.
+    Allowed(Vec<u32>),
+    /// Counted nowhere; key `index` admits the next request after `wait`.
+    Refused { index: usize, wait: Duration },
+}
+
 /// A Redis server shared by every gateway instance.
 pub struct Cluster {
     client: redis::Client,
@@ -118,6 +169,42 @@ impl Cluster {
         self.query::<i64>(&command).await.map(drop)
     }
 
+    /// A key name under this deployment's prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    /// Checks and counts a request under several GCRA keys in one round trip.
+    pub async fn gcra(&self, keys: &[GcraKey]) -> Result<GcraAnswer, StoreError> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(GCRA));
+        if keys.is_empty() {
+            return Ok(GcraAnswer::Allowed(Vec::new()));
+        }
+        let mut invocation = SCRIPT.prepare_invoke();
+        for key in keys {
+            let interval = u64::try_from(key.interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            invocation
+                .key(&key.key)
+                .arg(interval)
+                .arg(interval.saturating_mul(u64::from(key.burst.saturating_sub(1))));
+        }
+        let mut connection = self.connection().await?;
+        let result = tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<Vec<i64>>(&mut connection),
+        )
+        .await
+        .map_err(|_| unavailable("redis command timed out"))
+        .and_then(|r| r.map_err(unavailable));
+        if result.is_err() {
+            self.connection.store(None);
+        }
+        parse_gcra(&result?)
+    }
+
     /// Tells every instance that a user or account changed.
     pub async fn publish(&self, change: &Change) -> Result<(), StoreError> {
         let message = match (change.user, change.account) {
@@ -157,6 +244,22 @@ impl Subscription {
                 return Some(change);
             }
         }
+    }
+}
+
+fn parse_gcra(reply: &[i64]) -> Result<GcraAnswer, StoreError> {
+    match reply {
+        [1, remaining @ ..] => Ok(GcraAnswer::Allowed(
+            remaining
+                .iter()
+                .map(|n| u32::try_from(*n).unwrap_or(0))
+                .collect(),
+        )),
+        [0, index, wait] => Ok(GcraAnswer::Refused {
+            index: usize::try_from(*index - 1).unwrap_or(0),
+            wait: Duration::from_micros(u64::try_from(*wait).unwrap_or(0)),
+        }),
+        _ => Err(unavailable("unexpected reply from the rate-limit script")),
     }
 }
 

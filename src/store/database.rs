@@ -14,6 +14,7 @@ use sqlx::{PgPool, SqlitePool};
 
 use super::StoreError;
 use crate::directory::{Account, AccountId, Change, User, UserId};
+use crate::rate_limit::lockout::Lockout;
 use crate::secret::Secret;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -457,6 +458,82 @@ impl Database {
                 None => statement.bind(key),
             };
             statement.fetch_optional(pool).await
+        })
+        .map_err(unavailable)
+    }
+
+    /// The latest-ending lockout in force at `now` among `keys`.
+    pub async fn lockout(&self, keys: &[String], now: i64) -> Result<Option<Lockout>, StoreError> {
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let placeholders: Vec<String> = (2..keys.len() + 2).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT key, locked_until, reason, created_at FROM login_lockouts \
+             WHERE locked_until > $1 AND key IN ({}) ORDER BY locked_until DESC LIMIT 1",
+            placeholders.join(", ")
+        );
+        let row: Option<(String, i64, String, i64)> = on_engine!(self, pool => {
+            let mut query = sqlx::query_as(&sql).bind(now);
+            for key in keys {
+                query = query.bind(key);
+            }
+            query.fetch_optional(pool).await
+        })
+        .map_err(unavailable)?;
+        Ok(row.map(Lockout::from_row))
+    }
+
+    /// Locks `key` out until `until` (a later lockout of the same key replaces it).
+    pub async fn lock_out(&self, lockout: &Lockout) -> Result<(), StoreError> {
+        on_engine!(self, pool => sqlx::query(
+            "INSERT INTO login_lockouts (key, locked_until, reason, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET \
+             locked_until = excluded.locked_until, reason = excluded.reason, \
+             created_at = excluded.created_at",
+        )
+        .bind(&lockout.key)
+        .bind(lockout.until)
+        .bind(&lockout.reason)
+        .bind(lockout.created)
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(unavailable)?;
+        // Expired lockouts are only history; keep the table small.
+        on_engine!(self, pool => sqlx::query("DELETE FROM login_lockouts WHERE locked_until <= $1")
+            .bind(lockout.created)
+            .execute(pool)
+            .await
+            .map(drop))
+        .map_err(unavailable)
+    }
+
+    /// Lockouts in force at `now`, the latest-ending first.
+    pub async fn lockouts(&self, now: i64) -> Result<Vec<Lockout>, StoreError> {
+        let rows: Vec<(String, i64, String, i64)> = on_engine!(self, pool => sqlx::query_as(
+            "SELECT key, locked_until, reason, created_at FROM login_lockouts \
+             WHERE locked_until > $1 ORDER BY locked_until DESC, key",
+        )
+        .bind(now)
+        .fetch_all(pool)
+        .await)
+        .map_err(unavailable)?;
+        Ok(rows.into_iter().map(Lockout::from_row).collect())
+    }
+
+    /// Lifts the lockout of `key` (every lockout with `None`); returns how many.
+    pub async fn lift_lockouts(&self, key: Option<&str>) -> Result<u64, StoreError> {
+        on_engine!(self, pool => match key {
+            Some(key) => sqlx::query("DELETE FROM login_lockouts WHERE key = $1")
+                .bind(key)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()),
+            None => sqlx::query("DELETE FROM login_lockouts")
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()),
         })
         .map_err(unavailable)
     }

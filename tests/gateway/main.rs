@@ -22,6 +22,7 @@ mod failures;
 mod headers;
 mod no_secrets;
 mod policies;
+mod rate_limits;
 mod redirect;
 mod responses;
 mod shutdown;
