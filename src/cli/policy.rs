@@ -265,6 +265,7 @@ fn explain(
             .collect();
         println!("  path parameters: {}", parameters.join(", "));
     }
+    println!("  rate limits: {}", rule.rate_limit_text());
     match &identity {
         Some(identity) => {
             println!(

@@ -26,18 +26,6 @@ fn shape(rule: &Rule) -> String {
     format!("{} {}", rule.methods.join("|"), rule.template)
 }
 
-/// The rule's limit classes with their limits, e.g. `api (500/min per user)`.
-fn limits(rule: &Rule) -> String {
-    if rule.rate_limits.is_empty() {
-        return "none".into();
-    }
-    rule.rate_limits
-        .iter()
-        .map(|class| format!("{} ({})", class.name, class.text))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn by_id(set: &RuleSet) -> BTreeMap<&str, &Rule> {
     set.rules()
         .iter()
@@ -100,11 +88,11 @@ pub fn diff(old: &RuleSet, new: &RuleSet) -> Vec<String> {
                 name(before.mode)
             ));
         }
-        if limits(before) != limits(rule) {
+        if before.rate_limit_text() != rule.rate_limit_text() {
             lines.push(format!(
                 "~ {id}: rate limits {} instead of {}",
-                limits(rule),
-                limits(before)
+                rule.rate_limit_text(),
+                before.rate_limit_text()
             ));
         }
         let (was, is) = (groups(before), groups(rule));
@@ -178,5 +166,19 @@ mod tests {
             ]
         );
         assert!(diff(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn changed_rate_limits_are_listed() {
+        let old = RuleSet::build(vec![rule("a", "/a", &[])]).expect("old");
+        let mut limited = rule("a", "/a", &[]);
+        limited.rate_limits = vec![std::sync::Arc::new(
+            crate::rate_limit::LimitClass::parse("api", "500/min per user").expect("class"),
+        )];
+        let new = RuleSet::build(vec![limited]).expect("new");
+        assert_eq!(
+            diff(&old, &new),
+            vec!["~ a: rate limits api (500/min per user) instead of none".to_owned()]
+        );
     }
 }

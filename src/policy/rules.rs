@@ -147,6 +147,20 @@ pub struct Rule {
     pub rate_limits: Vec<Arc<crate::rate_limit::LimitClass>>,
 }
 
+impl Rule {
+    /// The rule's limit classes with their limits, e.g. `api (500/min per user)`.
+    pub fn rate_limit_text(&self) -> String {
+        if self.rate_limits.is_empty() {
+            return "none".into();
+        }
+        self.rate_limits
+            .iter()
+            .map(|class| format!("{} ({})", class.name, class.text))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Two rules that would decide the same requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {

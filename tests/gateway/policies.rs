@@ -337,6 +337,12 @@ fn explain_shows_the_rule_and_each_principal() {
         "{stdout}"
     );
     assert!(stdout.contains("decision: deny (403)"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "rate limits: account-data (600/min per user and 3000/min per account), writes (60/min per user)"
+        ),
+        "{stdout}"
+    );
 
     // With a user from the directory.
     cli_ok(&config, &["account", "add", "Acme"], None);

@@ -525,3 +525,127 @@ async fn with_redis_down_local_limits_each_instance_on_its_own() {
             .is_some_and(|n| n >= 4.0)
     );
 }
+
+/// A public catch-all limited to `2/h per ip`, optionally behind trusted proxies.
+fn per_address_gateway(backend: &EchoBackend, trusted: Option<&str>) -> TestGateway {
+    TestGateway::start_with(|ports: Ports, dir: &Path| {
+        let body = format!(
+            "[rate_limits]\ndefault = [\"ip\"]\n[rate_limits.classes]\nip = \"2/h per ip\"\n\n{}",
+            public_catch_all(backend.address)
+        );
+        let text = config_text(ports, dir, &body);
+        match trusted {
+            Some(range) => text.replace(
+                "[server]\n",
+                &format!("[server]\ntrusted_proxies = [\"{range}\"]\n"),
+            ),
+            None => text,
+        }
+    })
+}
+
+async fn forwarded_for(gateway: &TestGateway, client: &str) -> u16 {
+    gateway
+        .tls()
+        .get("/item", &format!("X-Forwarded-For: {client}\r\n"))
+        .await
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spoofed_forwarded_for_does_not_buy_a_new_budget() {
+    let backend = EchoBackend::start();
+    let gateway = per_address_gateway(&backend, None);
+    let mut seen = Vec::new();
+    for client in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "2001:db8::9",
+    ] {
+        seen.push(forwarded_for(&gateway, client).await);
+    }
+    // Untrusted peers are counted by their own address, whatever they claim.
+    assert_eq!(seen, [200, 200, 429, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
+    let backend = EchoBackend::start();
+    let gateway = per_address_gateway(&backend, Some("127.0.0.1/32"));
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(forwarded_for(&gateway, "198.51.100.1").await);
+    }
+    assert_eq!(first, [200, 200, 429]);
+    assert_eq!(forwarded_for(&gateway, "198.51.100.2").await, 200);
+    // A client's own claim left of its address changes nothing.
+    assert_eq!(
+        forwarded_for(&gateway, "203.0.113.7, 198.51.100.1").await,
+        429
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn housekeeping_drops_the_keys_of_refilled_budgets_while_running() {
+    let backend = EchoBackend::start();
+    // One request every 2 s: a key's budget is full again 2 s after its request and
+    // dropped one interval later, at a housekeeping tick (every second).
+    let gateway = limited(
+        &backend,
+        "[rate_limits]\nhousekeeping_interval = \"1s\"\ndefault = [\"slow\"]\n[rate_limits.classes]\nslow = \"5/10s per ip\"\n",
+    );
+    assert_eq!(statuses(&gateway, 1).await, [200]);
+    let keys = |want: f64| {
+        let gateway = &gateway;
+        async move {
+            let started = Instant::now();
+            loop {
+                if metric(gateway, "portcullis_rate_limit_keys").await == Some(want) {
+                    return;
+                }
+                assert!(started.elapsed() < DEADLINE, "never {want} keys");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    keys(1.0).await;
+    keys(0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_logins_spread_over_two_instances_lock_out_on_both() {
+    let backend = EchoBackend::start();
+    let database = super::users::PostgresDatabase::create();
+    let stores = Stores {
+        postgres: Some(database.url.clone()),
+        redis: Some((redis_url(), unique_prefix("lockout"))),
+        extra: "\n[rate_limits]\nstore = \"redis\"\non_store_error = \"deny\"\nlogin_failures = \"3/h per login\"\nlockout = \"5m\"\n".into(),
+        ..Stores::sqlite()
+    };
+    let first = super::users::gateway(&stores, backend.address);
+    let second = super::users::gateway(&stores, backend.address);
+    seed(&first.config);
+    // Four failures, alternating: alone, neither instance saw more than two.
+    let mut seen = Vec::new();
+    for n in 0..4 {
+        let gateway = if n % 2 == 0 { &first } else { &second };
+        seen.push(login(gateway, "ann@example.com", "wrong password").await.0);
+    }
+    assert_eq!(seen, [401, 401, 401, 401]);
+    for gateway in [&first, &second] {
+        assert_eq!(
+            login(gateway, "ann@example.com", PASSWORD).await.0,
+            429,
+            "the lockout holds on every instance"
+        );
+    }
+    let listed = cli_ok(&second.config, &["lockout", "list"], None);
+    assert!(listed.contains("login=ann@example.com"), "{listed}");
+    cli_ok(
+        &second.config,
+        &["lockout", "lift", "--key", "login=ann@example.com"],
+        None,
+    );
+    assert_eq!(login(&first, "ann@example.com", PASSWORD).await.0, 200);
+}
