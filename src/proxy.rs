@@ -300,8 +300,8 @@ impl Gateway {
             Err(LoginError::Malformed) => Err(Rejection::MalformedLogin),
             Err(LoginError::BadCredentials) => {
                 let failures = snapshot.login_failures();
-                if let Some(exceeded) = self.limiter.count_failure(failures, &subject).await
-                    && lockouts
+                if lockouts
+                    && let Some(exceeded) = self.limiter.count_failure(failures, &subject).await
                 {
                     self.lock_out(authenticator, &exceeded, snapshot.lockout(), ctx)
                         .await;

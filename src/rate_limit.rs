@@ -160,7 +160,7 @@ pub struct RateLimitSettings {
     pub login: Option<Arc<LimitClass>>,
     /// Failed login attempts; exceeding one locks the key out.
     pub login_failures: Option<Arc<LimitClass>>,
-    /// How long a lockout lasts; zero: no lockouts (the limits still apply).
+    /// How long a lockout lasts; zero: no lockouts (only `login` limits attempts).
     pub lockout: Duration,
 }
 
