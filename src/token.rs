@@ -2,11 +2,14 @@
 //! hold. Whether its user still exists, is active and has not revoked it is decided
 //! by `identity`, which owns the directory and the caches.
 //!
-//! `native` is the seeds' scheme (DESIGN §3). Tokens arrive raw in `Authorization`
+//! `native` is the seeds' scheme (DESIGN §3); `flask_security` is what FlexMeasures
+//! issues today. Tokens arrive raw in `Authorization`
 //! (FlexMeasures clients send no scheme) or as `Bearer <token>`.
 
+pub mod flask_security;
 mod native;
 
+pub use flask_security::FlaskSecurityKeys;
 pub use native::{Claims, NATIVE_EPOCH, TokenKeys, password_crypt, password_crypt_matches};
 
 /// Longest token accepted; anything longer is refused before any decoding.
