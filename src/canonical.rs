@@ -32,6 +32,11 @@ impl CanonicalTarget {
         self.query.as_deref()
     }
 
+    /// Replaces the query (after parameters were removed from it).
+    pub fn set_query(&mut self, query: Option<String>) {
+        self.query = query;
+    }
+
     /// Path and query as they are sent to the backend.
     pub fn path_and_query(&self) -> String {
         match &self.query {

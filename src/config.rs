@@ -8,6 +8,7 @@
 //! by `tls.rs`, which reports into the same [`Report`].
 
 pub mod diagnostic;
+mod flexmeasures;
 mod identity;
 mod rate_limits;
 mod raw;
@@ -51,6 +52,8 @@ pub struct Config {
     /// Where users live; without it no credential can be verified and only `public`
     /// routes admit anyone.
     pub directory: Option<DirectorySettings>,
+    /// With `[directory] kind = "flexmeasures"`: FlexMeasures' keys and login.
+    pub flexmeasures: Option<FlexMeasuresSettings>,
     pub tokens: TokenSettings,
     /// Shared state for several instances; `None`: this instance alone.
     pub redis: Option<RedisSettings>,
@@ -122,7 +125,10 @@ pub struct ServerSettings {
     pub keepalive_pool_size: usize,
 }
 
-pub use identity::{DirectorySettings, IdentityHeaderSettings, RedisSettings, TokenSettings};
+pub use flexmeasures::{FlexMeasuresLogin, FlexMeasuresSettings, TokenInRequest};
+pub use identity::{
+    DirectoryKind, DirectorySettings, IdentityHeaderSettings, RedisSettings, TokenSettings,
+};
 pub use rate_limits::{default_classes, rule_classes, spec_problem};
 pub use raw::StringList;
 
@@ -194,6 +200,7 @@ pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("admin", raw::keys_of::<raw::Admin>()),
         ("audit", raw::keys_of::<raw::Audit>()),
         ("directory", raw::keys_of::<raw::Directory>()),
+        ("flexmeasures", raw::keys_of::<raw::FlexMeasures>()),
         ("tokens", raw::keys_of::<raw::Tokens>()),
         ("redis", raw::keys_of::<raw::Redis>()),
         ("identity_headers", raw::keys_of::<raw::IdentityHeaders>()),
@@ -449,6 +456,7 @@ impl Check<'_> {
                 .map(|(key, _)| key.span())
         };
         let directory_span = header("directory");
+        let flexmeasures_span = header("flexmeasures");
         let redis_span = header("redis");
         let directory: Option<raw::Directory> = root
             .get("directory")
@@ -458,6 +466,11 @@ impl Check<'_> {
         let tokens: raw::Tokens = self
             .section("tokens", root.remove("tokens"))
             .unwrap_or_default();
+        let flexmeasures: Option<raw::FlexMeasures> = root
+            .get("flexmeasures")
+            .is_some()
+            .then(|| self.section("flexmeasures", root.remove("flexmeasures")))
+            .flatten();
         let redis: Option<raw::Redis> = root
             .get("redis")
             .is_some()
@@ -484,14 +497,59 @@ impl Check<'_> {
         let admin = self.admin(admin, listen.as_ref());
         let audit = self.audit(audit);
         self.has_directory = directory.is_some();
-        let tokens = self.tokens(tokens, directory.as_ref().and(directory_span.clone()));
-        let directory = directory.and_then(|directory| self.directory(directory, directory_span));
+        let native = directory.as_ref().is_some_and(|d| {
+            d.kind
+                .as_ref()
+                .is_none_or(|kind| kind.get_ref() == "native")
+        });
+        // Native tokens need a signing secret; FlexMeasures' are signed with its key.
+        let tokens = self.tokens(tokens, directory_span.clone().filter(|_| native));
+        let directory_span_for_state = directory_span.clone();
+        let directory =
+            directory.and_then(|directory| self.directory(directory, directory_span.clone()));
+        let flexmeasures = match (&directory, flexmeasures) {
+            (Some(settings), Some(raw)) if settings.kind == DirectoryKind::FlexMeasures => {
+                self.flexmeasures(raw, flexmeasures_span)
+            }
+            (Some(settings), None) if settings.kind == DirectoryKind::FlexMeasures => {
+                self.error(
+                    Problem::error("`kind = \"flexmeasures\"` needs a `[flexmeasures]` section")
+                        .at_opt(directory_span)
+                        .help("add `[flexmeasures]` with `secret_key` (FlexMeasures' SECRET_KEY); see deploy/portcullis.example.toml"),
+                );
+                None
+            }
+            (_, Some(_)) => {
+                self.error(
+                    Problem::error("`[flexmeasures]` is for `[directory] kind = \"flexmeasures\"`")
+                        .at_opt(flexmeasures_span)
+                        .help("set `kind = \"flexmeasures\"` in [directory], or remove [flexmeasures]"),
+                );
+                None
+            }
+            _ => None,
+        };
         let redis = redis.and_then(|redis| self.redis(redis, redis_span));
-        let rate_limits = self.rate_limits(rate_limits, redis.is_some());
+        let mut rate_limits = self.rate_limits(rate_limits, redis.is_some());
+        if let Some(settings) = &directory
+            && settings.kind == DirectoryKind::FlexMeasures
+            && settings.state.is_none()
+            && !rate_limits.lockout.is_zero()
+        {
+            self.error(
+                Problem::warning("login lockouts are off: a FlexMeasures directory keeps them in `[directory] state`, which is not set")
+                    .at_opt(directory_span_for_state.clone())
+                    .help("set `state = \"sqlite:/var/lib/portcullis/state.db\"` (one instance) or a PostgreSQL database of the gateway's own (several), or `[rate_limits] lockout = \"0s\"` to silence this"),
+            );
+            rate_limits.lockout = Duration::ZERO;
+        }
         self.classes = rate_limits.classes.clone();
         self.default_classes = rate_limits::default_classes(&rate_limits);
         let identity_headers = self.identity_headers(identity_headers);
         let backends = self.backends(backends_value, &mut spans);
+        if let Some(settings) = &flexmeasures {
+            self.flexmeasures_backend(settings, &backends);
+        }
         let policies_dir = policies.dir.as_ref().map(|dir| self.path(dir.get_ref()));
         let policies_reload_interval = self.duration(
             policies.reload_interval,
@@ -523,6 +581,7 @@ impl Check<'_> {
             admin,
             audit,
             directory,
+            flexmeasures,
             tokens,
             redis,
             identity_headers,

@@ -5,6 +5,7 @@
 //! forwarding the gateway sets its own ([`ForwardedFor::headers`]). The reserved names
 //! live here and nowhere else; the proxy only applies these plans to pingora's headers.
 
+pub mod auth_token;
 mod identity_headers;
 
 use std::net::IpAddr;

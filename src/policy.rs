@@ -95,6 +95,16 @@ pub fn authorize_rule(
     }
 }
 
+/// The login endpoint passed through to the backend that answers it (FlexMeasures,
+/// with `login = "pass-through"`): public, as the login itself is.
+pub fn login_pass_through(route: &str, backend: &str) -> Permit {
+    Permit {
+        route: route.into(),
+        backend: backend.into(),
+        because: Some("login passed through to the directory's server".into()),
+    }
+}
+
 /// Decides whether `caller` may use `route`.
 pub fn authorize(route: &Route, caller: &Caller) -> Result<Permit, Rejection> {
     match (route.access, caller) {

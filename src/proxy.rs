@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! request_filter:           canonicalize → strip → route → identify → rate limit → authorize
+//!                           → tokens outside Authorization (in front of FlexMeasures)
 //!                           (or the login endpoint, answered by the gateway after its
-//!                           own limits and lockouts)
+//!                           own limits and lockouts, or passed through)
 //! upstream_peer:            the permitted route's backend (needs a Permit)
 //! upstream_request_filter:  canonical path, forwarding and identity headers
+//! request_body_filter:      a guarded JSON body, inspected whole before it goes on
 //! response_filter:          HSTS and security headers
 //! fail_to_proxy:            backend failures as fixed 502/504 responses
 //! logging:                  log line, metrics and audit record per request
@@ -22,6 +24,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -30,11 +33,12 @@ pub use snapshot::Snapshot;
 
 use crate::audit::Audit;
 use crate::canonical::canonicalize;
+use crate::config::TokenInRequest;
 use crate::forwarding::{ConnectionRewrite, ForwardedFor, Signed, Strip, identity_headers};
 use crate::identity::{Authenticator, Caller, IdentityError, LoginAttempt, LoginError};
 use crate::metrics::Metrics;
 use crate::policy::rules::{Resolved, ResourceRef};
-use crate::policy::{Permit, authorize, authorize_rule};
+use crate::policy::{Permit, authorize, authorize_rule, login_pass_through};
 use crate::rate_limit::lockout::Lockout;
 use crate::rate_limit::{Exceeded, LimitClass, LimitError, RateLimiter, Subject};
 use crate::rejection::Rejection;
@@ -122,6 +126,16 @@ impl ProxyHttp for Gateway {
         forward(upstream_request, ctx)
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        guard_body(body, end_of_stream, ctx)
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -168,18 +182,35 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<Admission, Rejection> {
-        let snapshot = ctx.snapshot.clone();
         let path = locate(session, ctx)?;
         if let Some(authenticator) = &self.authenticator
             && path == authenticator.login_path()
         {
             ctx.route = Some(LOGIN_ROUTE.into());
+            if let Some(backend) = authenticator.login_backend() {
+                return self.pass_login_through(backend, ctx).await;
+            }
             return self.login(session, ctx, authenticator).await;
         }
+        let admission = self.decide(session, ctx, &path).await?;
+        if let Admission::Forward(_) = &admission {
+            guard_tokens(session, ctx)?;
+        }
+        Ok(admission)
+    }
+
+    /// Route, identify, rate limit and authorize a request for a backend.
+    async fn decide(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        path: &str,
+    ) -> Result<Admission, Rejection> {
+        let snapshot = ctx.snapshot.clone();
         if let Some(rules) = snapshot.rules() {
             let method = session.req_header().method.as_str().to_owned();
             let matched = rules
-                .find(ctx.host.as_deref(), &method, &path)
+                .find(ctx.host.as_deref(), &method, path)
                 .ok_or(Rejection::NoRoute)?;
             ctx.route = Some(matched.rule.id.clone());
             let caller = self.identify(matched.rule.access, session, ctx).await?;
@@ -196,7 +227,7 @@ impl Gateway {
         }
         let route = snapshot
             .routes()
-            .find(ctx.host.as_deref(), &path)
+            .find(ctx.host.as_deref(), path)
             .ok_or(Rejection::NoRoute)?;
         ctx.route = Some(route.id.clone());
         let caller = self.identify(route.access, session, ctx).await?;
@@ -231,6 +262,28 @@ impl Gateway {
             .check(classes, &subject)
             .await
             .map_err(Rejection::from)
+    }
+
+    /// The login endpoint answered by the directory's own server (FlexMeasures): the
+    /// per-address login limits apply (the body, and so the login name, is not read
+    /// here), then the request goes there as it is.
+    async fn pass_login_through(
+        &self,
+        backend: &str,
+        ctx: &mut RequestContext,
+    ) -> Result<Admission, Rejection> {
+        let subject = Subject {
+            ip: client_ip(ctx)?,
+            user: None,
+            account: None,
+            route: LOGIN_ROUTE,
+            login: None,
+        };
+        self.limiter
+            .check(ctx.snapshot.login_limits(), &subject)
+            .await
+            .map_err(Rejection::from)?;
+        Ok(Admission::Forward(login_pass_through(LOGIN_ROUTE, backend)))
     }
 
     /// `POST /api/requestAuthToken`: reads the JSON body, applies the login limits
@@ -523,6 +576,91 @@ impl From<LimitError> for Rejection {
     }
 }
 
+/// In front of FlexMeasures, tokens outside `Authorization` are refused or removed
+/// (`forwarding::auth_token`): the query now, a JSON body as it streams through
+/// [`guard_body`].
+fn guard_tokens(session: &Session, ctx: &mut RequestContext) -> Result<(), Rejection> {
+    use crate::forwarding::auth_token::{BodyGuard, is_json, query_has_token, strip_query};
+    let Some((mode, limit)) = ctx.snapshot.token_guard() else {
+        return Ok(());
+    };
+    let strip = mode == TokenInRequest::Strip;
+    if let Some(target) = ctx.target.as_mut()
+        && let Some(query) = target.query()
+        && query_has_token(query)
+    {
+        if !strip {
+            return Err(Rejection::TokenInRequest { place: "query" });
+        }
+        let kept = strip_query(query);
+        target.set_query(kept);
+    }
+    let headers = &session.req_header().headers;
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let content_type = match (types.next(), types.next()) {
+        (None, _) => return Ok(()),
+        (Some(value), None) => value.to_str().map_err(|_| Rejection::BadRequest)?,
+        // SECURITY: which one would the backend use?
+        (Some(_), Some(_)) => return Err(Rejection::BadRequest),
+    };
+    let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if has_body && is_json(content_type) {
+        ctx.body_guard = Some(BodyGuard::new(limit, strip));
+    }
+    Ok(())
+}
+
+/// `request_body_filter`: a guarded JSON body is collected (nothing goes upstream
+/// meanwhile), checked at its end, and forwarded whole, or the request is stopped.
+fn guard_body(
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestContext,
+) -> Result<()> {
+    use crate::forwarding::auth_token::BodyError;
+    let Some(guard) = ctx.body_guard.as_mut() else {
+        return Ok(());
+    };
+    let outcome = match body.take() {
+        Some(chunk) => guard.push(&chunk),
+        None => Ok(()),
+    };
+    let outcome = outcome.and_then(|()| {
+        if end_of_stream {
+            guard.finish().map(Some)
+        } else {
+            Ok(None)
+        }
+    });
+    match outcome {
+        // An empty chunk is not written (a `None` would end the body upstream).
+        Ok(None) => {
+            *body = Some(Bytes::new());
+            Ok(())
+        }
+        Ok(Some(whole)) => {
+            *body = Some(whole);
+            Ok(())
+        }
+        Err(error) => {
+            // SECURITY: the backend got the head and nothing of the body, and the
+            // connection is dropped: it can read no token from it.
+            ctx.body_refusal = Some(match error {
+                BodyError::Token => Rejection::TokenInRequest { place: "JSON body" },
+                BodyError::Malformed => Rejection::MalformedJson,
+                BodyError::TooLarge => Rejection::BodyTooLarge,
+            });
+            Err(Error::explain(
+                ErrorType::InternalError,
+                "request body refused",
+            ))
+        }
+    }
+}
+
 /// Applies a [`Strip`] plan through pingora's header API, which keeps header-name case
 /// for HTTP/1 in step.
 fn strip(request: &mut RequestHeader, plan: &Strip) {
@@ -554,6 +692,11 @@ fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result
         .parse()
         .or_err(ErrorType::InternalError, "canonical target is not a URI")?;
     upstream_request.set_uri(uri);
+    if ctx.body_guard.is_some() {
+        // The inspected body may change length (stripped): send it chunked.
+        upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+        upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
     for (name, value) in client.headers(ctx.host.as_deref(), &ctx.request_id) {
         upstream_request.insert_header(name, value)?;
     }

@@ -49,6 +49,13 @@ pub enum Rejection {
     /// Login attempts under this key are refused until the lockout ends.
     #[error("login locked out after repeated failures ({key})")]
     LockedOut { key: String, retry_after: u64 },
+    /// An access token outside `Authorization` (`?auth_token=`, a JSON body's
+    /// `auth_token`), in front of FlexMeasures.
+    #[error("access token in the {place}; only Authorization is accepted")]
+    TokenInRequest { place: &'static str },
+    /// A JSON body for FlexMeasures that does not parse.
+    #[error("the JSON body does not parse")]
+    MalformedJson,
     /// Rate limits could not be checked (Redis down and `on_store_error = "deny"`).
     #[error("rate limits cannot be checked: {cause}")]
     LimitsUnavailable { cause: String },
@@ -156,6 +163,16 @@ impl Rejection {
                 r#"{"status":429,"message":"Too many requests: retry after the time in Retry-After."}"#,
                 &[],
             ),
+            Self::TokenInRequest { .. } => (
+                400,
+                r#"{"status":400,"message":"Bad request: send the access token in the Authorization header only."}"#,
+                &[],
+            ),
+            Self::MalformedJson => (
+                400,
+                r#"{"status":400,"message":"Bad request: the JSON body does not parse."}"#,
+                &[],
+            ),
             Self::LimitsUnavailable { .. } => (
                 503,
                 r#"{"status":503,"message":"Service unavailable: the request cannot be checked right now, retry shortly."}"#,
@@ -248,6 +265,8 @@ mod tests {
             Rejection::LimitsUnavailable {
                 cause: "secret cause".into(),
             },
+            Rejection::TokenInRequest { place: "query" },
+            Rejection::MalformedJson,
             Rejection::Internal("secret detail".into()),
         ];
         for rejection in rejections {

@@ -54,6 +54,8 @@ pub enum SecretError {
     Unreadable { path: PathBuf, reason: String },
     #[error("the secret from {0} is shorter than 32 bytes")]
     TooShort(String),
+    #[error("the secret from {0} is empty")]
+    Empty(String),
 }
 
 /// Secrets shorter than this are refused: HMAC keys need 256 bits of entropy.
@@ -74,7 +76,25 @@ impl SecretSource {
     /// Reads the secret: an environment variable's UTF-8 value, or a file's bytes with
     /// one trailing newline removed.
     pub fn read(&self) -> Result<Secret<Vec<u8>>, SecretError> {
-        let bytes = match self {
+        let bytes = self.read_bytes(true)?;
+        if bytes.len() < MIN_SECRET_BYTES {
+            return Err(SecretError::TooShort(self.to_string()));
+        }
+        Ok(Secret::new(bytes))
+    }
+
+    /// Reads a secret another program chose (FlexMeasures' `SECRET_KEY`): a file's
+    /// bytes exactly as stored, as that program reads them; any non-empty length.
+    pub fn read_foreign(&self) -> Result<Secret<Vec<u8>>, SecretError> {
+        let bytes = self.read_bytes(false)?;
+        if bytes.is_empty() {
+            return Err(SecretError::Empty(self.to_string()));
+        }
+        Ok(Secret::new(bytes))
+    }
+
+    fn read_bytes(&self, trim_newline: bool) -> Result<Vec<u8>, SecretError> {
+        Ok(match self {
             Self::Env(name) => std::env::var(name)
                 .map_err(|_| SecretError::MissingEnv(name.clone()))?
                 .into_bytes(),
@@ -83,7 +103,7 @@ impl SecretSource {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-                if bytes.last() == Some(&b'\n') {
+                if trim_newline && bytes.last() == Some(&b'\n') {
                     bytes.pop();
                     if bytes.last() == Some(&b'\r') {
                         bytes.pop();
@@ -91,11 +111,7 @@ impl SecretSource {
                 }
                 bytes
             }
-        };
-        if bytes.len() < MIN_SECRET_BYTES {
-            return Err(SecretError::TooShort(self.to_string()));
-        }
-        Ok(Secret::new(bytes))
+        })
     }
 }
 

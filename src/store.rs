@@ -2,14 +2,17 @@
 //!
 //! [`Database`] is the native directory's storage: the same SQL text runs on a SQLite
 //! file (the embedded default) or PostgreSQL, with one migration set per engine.
+//! [`FlexMeasuresDatabase`] reads an existing FlexMeasures database.
 //! [`Cluster`] is what instances share through Redis: not-before times and the change
 //! notifications that make a revocation reach every instance within a second.
 
 mod cluster;
 mod database;
+mod flexmeasures;
 
 pub use cluster::{Cluster, GcraAnswer, GcraKey, Subscription};
 pub use database::Database;
+pub use flexmeasures::{FlexMeasuresDatabase, FlexMeasuresUser};
 
 /// Why the store could not do what was asked. Never contains credentials.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,10 +14,24 @@ pub const DEFAULT_TOKEN_MAX_AGE: Duration = Duration::from_secs(21_600);
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(30);
 pub const DEFAULT_LOGIN_PATH: &str = "/api/requestAuthToken";
 
+/// Where users live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryKind {
+    /// The gateway's own tables.
+    Native,
+    /// An existing FlexMeasures database, read only (see `[flexmeasures]`).
+    FlexMeasures,
+}
+
 #[derive(Debug, Clone)]
 pub struct DirectorySettings {
+    pub kind: DirectoryKind,
     /// `sqlite:PATH` (absolute) or `postgres://…`; may hold a password, never log it.
+    /// With `kind = "flexmeasures"`, FlexMeasures' PostgreSQL database.
     pub database: Secret<String>,
+    /// The gateway's own tables (login lockouts): `database` for the native kind, the
+    /// optional `state` for FlexMeasures.
+    pub state: Option<Secret<String>>,
     pub max_connections: u32,
     /// Connect, acquire and query timeout; beyond it requests get 503.
     pub timeout: Duration,
@@ -130,6 +144,20 @@ impl Check<'_> {
         raw: raw::Directory,
         span: Option<std::ops::Range<usize>>,
     ) -> Option<DirectorySettings> {
+        let kind = match raw.kind.as_ref().map(|k| k.get_ref().as_str()) {
+            None | Some("native") => DirectoryKind::Native,
+            Some("flexmeasures") => DirectoryKind::FlexMeasures,
+            Some(other) => {
+                if let Some(text) = &raw.kind {
+                    self.error(
+                        Problem::error(format!("unknown directory kind `{other}`"))
+                            .at(text.span())
+                            .help("use `native` (the gateway's own tables) or `flexmeasures` (an existing FlexMeasures database)"),
+                    );
+                }
+                DirectoryKind::Native
+            }
+        };
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let max_connections = self.count(raw.max_connections, 8, 1000, "max_connections");
         let timeout = self.duration(
@@ -144,9 +172,14 @@ impl Check<'_> {
             Duration::from_millis(10)..Duration::from_secs(61),
             "change_poll",
         );
+        // FlexMeasures says nothing when a user changes: its users are looked up again
+        // sooner.
         let cache_ttl = self.duration(
             raw.cache_ttl,
-            Duration::from_secs(300),
+            match kind {
+                DirectoryKind::Native => Duration::from_secs(300),
+                DirectoryKind::FlexMeasures => Duration::from_secs(30),
+            },
             Duration::from_secs(1)..Duration::from_secs(24 * 3600 + 1),
             "cache_ttl",
         );
@@ -190,8 +223,48 @@ impl Check<'_> {
             );
             return None;
         };
+        let state = match (&raw.state, kind) {
+            (None, _) => None,
+            (Some(state), DirectoryKind::Native) => {
+                self.error(
+                    Problem::error("`state` is for `kind = \"flexmeasures\"`; the native directory keeps its state in `database`")
+                        .at(state.span()),
+                );
+                None
+            }
+            (Some(state), DirectoryKind::FlexMeasures) => self.database_url(state).map(Secret::new),
+        };
+        if kind == DirectoryKind::FlexMeasures
+            && !(database.get_ref().starts_with("postgres://")
+                || database.get_ref().starts_with("postgresql://"))
+        {
+            self.error(
+                Problem::error("a FlexMeasures directory is FlexMeasures' PostgreSQL database")
+                    .at(database.span())
+                    .help("`database = \"postgres://portcullis@db/flexmeasures\"` (a read-only role is enough); the password goes in PORTCULLIS__DIRECTORY__DATABASE"),
+            );
+            return None;
+        }
+        let database = self.database_url(&database)?;
+        Some(DirectorySettings {
+            kind,
+            database: Secret::new(database),
+            state,
+            max_connections: u32::try_from(max_connections).unwrap_or(8),
+            timeout,
+            change_poll,
+            cache_ttl,
+            bcrypt_cost,
+            password_workers,
+            password_queue,
+            login_path,
+        })
+    }
+
+    /// `sqlite:PATH` (made absolute) or `postgres://…`.
+    fn database_url(&mut self, database: &toml::Spanned<String>) -> Option<String> {
         let url = database.get_ref();
-        let database = if let Some(path) = url.strip_prefix("sqlite:") {
+        if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
             if path.is_empty() || path.contains('?') {
                 self.error(
@@ -214,28 +287,17 @@ impl Check<'_> {
                     .help("create it, writable by the gateway's user (systemd: StateDirectory=)"),
                 );
             }
-            format!("sqlite:{}", file.display())
+            Some(format!("sqlite:{}", file.display()))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            url.clone()
+            Some(url.clone())
         } else {
             self.error(
                 Problem::error("`database` must start with `sqlite:` or `postgres://`")
                     .at(database.span())
                     .label("unknown engine"),
             );
-            return None;
-        };
-        Some(DirectorySettings {
-            database: Secret::new(database),
-            max_connections: u32::try_from(max_connections).unwrap_or(8),
-            timeout,
-            change_poll,
-            cache_ttl,
-            bcrypt_cost,
-            password_workers,
-            password_queue,
-            login_path,
-        })
+            None
+        }
     }
 
     pub(super) fn redis(

@@ -20,6 +20,7 @@ pub const SECTIONS: &[&str] = &[
     "admin",
     "audit",
     "directory",
+    "flexmeasures",
     "tokens",
     "redis",
     "identity_headers",
@@ -81,7 +82,9 @@ pub struct Audit {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Directory {
+    pub kind: Option<Spanned<String>>,
     pub database: Option<Spanned<String>>,
+    pub state: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub timeout: Option<Spanned<DurationText>>,
     pub change_poll: Option<Spanned<DurationText>>,
@@ -90,6 +93,19 @@ pub struct Directory {
     pub password_workers: Option<Spanned<i64>>,
     pub password_queue: Option<Spanned<i64>>,
     pub login_path: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlexMeasures {
+    pub secret_key: Option<Spanned<String>>,
+    pub secret_key_fallbacks: Option<Spanned<StringList>>,
+    pub password_salt: Option<Spanned<String>>,
+    pub token_salt: Option<Spanned<String>>,
+    pub login: Option<Spanned<String>>,
+    pub login_backend: Option<Spanned<String>>,
+    pub auth_token_in_request: Option<Spanned<String>>,
+    pub max_json_body: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -32,6 +32,10 @@ pub struct RequestContext {
     pub permit: Option<Permit>,
     /// Why the gateway answered itself, for the log.
     pub refusal: Option<Rejection>,
+    /// A JSON body being collected for `auth_token` (in front of FlexMeasures).
+    pub body_guard: Option<crate::forwarding::auth_token::BodyGuard>,
+    /// Why the body filter stopped the request; answered by `fail_to_proxy`.
+    pub body_refusal: Option<Rejection>,
 }
 
 impl RequestContext {
@@ -48,6 +52,8 @@ impl RequestContext {
             issued_to: None,
             permit: None,
             refusal: None,
+            body_guard: None,
+            body_refusal: None,
         }
     }
 }

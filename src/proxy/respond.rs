@@ -99,21 +99,24 @@ pub async fn failure(
         .as_ref()
         .map(|permit| permit.backend().to_owned())
         .unwrap_or_default();
-    let rejection = match (error.esource(), error.etype()) {
-        (
-            ErrorSource::Upstream,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
-        ) => Some(Rejection::BackendTimeout { backend }),
-        (ErrorSource::Upstream, _) => Some(Rejection::BackendUnreachable { backend }),
-        // The client went away or broke the protocol: nobody to answer, or pingora's 400.
-        (
-            ErrorSource::Downstream,
-            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
-        ) => None,
-        (ErrorSource::Downstream, _) => Some(Rejection::BadRequest),
-        (ErrorSource::Internal | ErrorSource::Unset, _) => {
-            Some(Rejection::Internal(error.to_string()))
-        }
+    let rejection = match (ctx.body_refusal.take(), error.esource(), error.etype()) {
+        (Some(rejection), _, _) => Some(rejection),
+        (None, source, kind) => match (source, kind) {
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => Some(Rejection::BackendTimeout { backend }),
+            (ErrorSource::Upstream, _) => Some(Rejection::BackendUnreachable { backend }),
+            // The client went away or broke the protocol: nobody to answer, or pingora's 400.
+            (
+                ErrorSource::Downstream,
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+            ) => None,
+            (ErrorSource::Downstream, _) => Some(Rejection::BadRequest),
+            (ErrorSource::Internal | ErrorSource::Unset, _) => {
+                Some(Rejection::Internal(error.to_string()))
+            }
+        },
     };
     tracing::warn!(request_id = %ctx.request_id, error = %error, "proxying failed");
     let Some(rejection) = rejection else {

@@ -11,7 +11,7 @@ use http::HeaderValue;
 use pingora::prelude::HttpPeer;
 use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, TokenInRequest};
 use crate::forwarding::{IdentitySigner, TrustedProxies};
 use crate::policy::rules::RuleSet;
 use crate::rate_limit::LimitClass;
@@ -30,6 +30,9 @@ pub struct Snapshot {
     login_failures: Vec<Arc<LimitClass>>,
     /// How long a lockout lasts; zero: none.
     lockout: std::time::Duration,
+    /// In front of FlexMeasures: what happens to tokens outside `Authorization`, and
+    /// the largest JSON body looked into.
+    token_guard: Option<(TokenInRequest, usize)>,
     signer: Option<IdentitySigner>,
     /// Policy rules; when set, they replace `routes`.
     rules: Option<Arc<RuleSet>>,
@@ -51,6 +54,10 @@ impl Snapshot {
             login_limits: config.rate_limits.login.iter().cloned().collect(),
             login_failures: config.rate_limits.login_failures.iter().cloned().collect(),
             lockout: config.rate_limits.lockout,
+            token_guard: config
+                .flexmeasures
+                .as_ref()
+                .map(|fm| (fm.auth_token_in_request, fm.max_json_body)),
             rules: config.rules.clone(),
             signer: config
                 .identity_headers
@@ -82,6 +89,10 @@ impl Snapshot {
 
     pub fn lockout(&self) -> std::time::Duration {
         self.lockout
+    }
+
+    pub fn token_guard(&self) -> Option<(TokenInRequest, usize)> {
+        self.token_guard
     }
 
     /// Signs identity headers, when configured.
