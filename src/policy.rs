@@ -73,11 +73,11 @@ pub fn authorize_rule(
             });
         }
     };
-    // `{owner}` and `{consultancy}` come from the resource lookup; other names from
-    // the path.
+    // `{owner}` and `{consultancy}` come from the resource lookup (NULL reads as "",
+    // which no id equals and `public:{owner}` matches); other names from the path.
     let value = |name: &str| match (name, resolved) {
-        ("owner", Some(resolved)) => resolved.owner.as_deref(),
-        ("consultancy", Some(resolved)) => resolved.consultancy.as_deref(),
+        ("owner", Some(resolved)) => Some(resolved.owner.as_deref().unwrap_or("")),
+        ("consultancy", Some(resolved)) => Some(resolved.consultancy.as_deref().unwrap_or("")),
         _ => matched.parameter(name),
     };
     match (rule.decide(identity, method, value), rule.mode) {

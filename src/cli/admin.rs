@@ -243,7 +243,7 @@ pub enum LockoutCommand {
 
 pub fn lockout(command: LockoutCommand) -> ExitCode {
     match command {
-        LockoutCommand::List { config } => with_directory(&config.config, async |_, directory| {
+        LockoutCommand::List { config } => with_state(&config.config, async |_, directory| {
             let now = crate::directory::now();
             let lockouts = directory
                 .database()
@@ -274,7 +274,7 @@ pub fn lockout(command: LockoutCommand) -> ExitCode {
             key,
             all: _,
             config,
-        } => with_directory(&config.config, async |config, directory| {
+        } => with_state(&config.config, async |config, directory| {
             // Keys as the gateway writes them; `None` (--all): every lockout.
             let key = match (login, ip, key) {
                 (Some(login), _, _) => Some(crate::rate_limit::login_key(&login)),
@@ -316,8 +316,25 @@ fn utc(unix: i64) -> String {
     )
 }
 
-/// Loads the configuration and opens its directory, with migrations applied.
+/// Loads the configuration and opens its native directory, with migrations applied.
+/// Users of a FlexMeasures directory are managed in FlexMeasures.
 fn with_directory<F>(path: &Path, work: F) -> ExitCode
+where
+    F: AsyncFnOnce(&Config, &Directory) -> Outcome,
+{
+    open_and_run(path, true, work)
+}
+
+/// Loads the configuration and opens the gateway's own tables (the native directory,
+/// or a FlexMeasures directory's `state`), with migrations applied.
+fn with_state<F>(path: &Path, work: F) -> ExitCode
+where
+    F: AsyncFnOnce(&Config, &Directory) -> Outcome,
+{
+    open_and_run(path, false, work)
+}
+
+fn open_and_run<F>(path: &Path, users: bool, work: F) -> ExitCode
 where
     F: AsyncFnOnce(&Config, &Directory) -> Outcome,
 {
@@ -329,6 +346,17 @@ where
     let Some(config) = loaded.config else {
         return ExitCode::from(EXIT_CONFIG);
     };
+    if users
+        && config
+            .directory
+            .as_ref()
+            .is_some_and(|d| d.kind == config::DirectoryKind::FlexMeasures)
+    {
+        return finish(Err(Failure(
+            "users, accounts, roles and tokens of a FlexMeasures directory are managed in FlexMeasures (e.g. `flexmeasures add user`); the gateway only reads them".into(),
+            EXIT_CONFIG,
+        )));
+    }
     match crate::identity::with_directory(&config, async |directory| work(&config, directory).await)
     {
         Ok(outcome) => finish(outcome),

@@ -784,6 +784,15 @@ impl FileCheck<'_> {
                         // attribute); an unknown name would never match.
                         let resolved = has_resource
                             && matches!(principal.relation(), Some("owner" | "consultancy"));
+                        if matches!(principal, Principal::Unowned(_)) && !resolved {
+                            self.error(
+                                Problem::error(format!(
+                                    "`{text}` is about a resource's attribute: use `public:{{owner}}` with `resource = \"NAME:{{parameter}}\"`"
+                                ))
+                                .at(span.clone()),
+                            );
+                            ok = false;
+                        }
                         if let Some(name) = principal.relation()
                             && !resolved
                             && !template.parameters().any(|p| p == name)
@@ -807,6 +816,7 @@ impl FileCheck<'_> {
                             "role",
                             "account-role",
                             "every-logged-in-user",
+                            "public",
                         ];
                         let mut problem =
                             Problem::error(format!("in `allow`: {error}")).at(span.clone());

@@ -7,6 +7,8 @@
 //!   equals the value named `name`: a path parameter (`account:{account}` on
 //!   `/accounts/{account}`) or a resolved resource attribute (`account:{owner}`,
 //!   `account:{consultancy}`). A value that is missing never matches (fail closed).
+//! - `public:{owner}`: any verified user, when the request's resource was found and
+//!   has no owner (FlexMeasures' public assets); only for resolved attributes.
 //!
 //! An allow list is OR; a nested list is AND (`["account:{owner}", ["role:consultant",
 //! "account:{consultancy}"]]`); an empty list, at either level, never matches.
@@ -24,6 +26,8 @@ pub enum Principal {
     UserRelation(String),
     /// `account:{name}`: the caller's account id equals the named value.
     AccountRelation(String),
+    /// `public:{name}`: the resource was found and the named attribute is empty.
+    Unowned(String),
 }
 
 pub const KINDS: &[&str] = &[
@@ -32,12 +36,13 @@ pub const KINDS: &[&str] = &[
     "role:",
     "account-role:",
     "every-logged-in-user",
+    "public:",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrincipalError {
     #[error(
-        "unknown principal `{0}`: use user:ID, account:ID, role:NAME, account-role:NAME, every-logged-in-user, user:{{NAME}} or account:{{NAME}}"
+        "unknown principal `{0}`: use user:ID, account:ID, role:NAME, account-role:NAME, every-logged-in-user, user:{{NAME}}, account:{{NAME}} or public:{{owner}}"
     )]
     Unknown(String),
     #[error("`{0}`: expected a numeric id or `{{name}}`")]
@@ -77,6 +82,7 @@ impl Principal {
         match (kind, relation) {
             ("user", Some(name)) => Ok(Self::UserRelation(name.to_owned())),
             ("account", Some(name)) => Ok(Self::AccountRelation(name.to_owned())),
+            ("public", Some(name)) => Ok(Self::Unowned(name.to_owned())),
             ("user", None) => Ok(Self::User(id()?)),
             ("account", None) => Ok(Self::Account(id()?)),
             ("role", _) => Ok(Self::Role(role()?)),
@@ -100,13 +106,17 @@ impl Principal {
             Self::EveryLoggedInUser => true,
             Self::UserRelation(name) => equals(name, identity.user_id),
             Self::AccountRelation(name) => equals(name, identity.account_id),
+            // A resolved attribute that is NULL reads as "" (see `authorize_rule`).
+            Self::Unowned(name) => value(name) == Some(""),
         }
     }
 
     /// The named request value this principal needs, if any.
     pub fn relation(&self) -> Option<&str> {
         match self {
-            Self::UserRelation(name) | Self::AccountRelation(name) => Some(name),
+            Self::UserRelation(name) | Self::AccountRelation(name) | Self::Unowned(name) => {
+                Some(name)
+            }
             _ => None,
         }
     }
@@ -122,6 +132,7 @@ impl std::fmt::Display for Principal {
             Self::EveryLoggedInUser => f.write_str("every-logged-in-user"),
             Self::UserRelation(name) => write!(f, "user:{{{name}}}"),
             Self::AccountRelation(name) => write!(f, "account:{{{name}}}"),
+            Self::Unowned(name) => write!(f, "public:{{{name}}}"),
         }
     }
 }
@@ -232,6 +243,18 @@ mod tests {
         // SECURITY: a value that could not be found never matches.
         assert!(!p("account:{missing}").matches(&ann, values));
         assert!(p("every-logged-in-user").matches(&ann, values));
+    }
+
+    #[test]
+    fn public_matches_only_a_found_resource_without_an_owner() {
+        let public = Principal::parse("public:{owner}").expect("parse");
+        assert_eq!(public.to_string(), "public:{owner}");
+        assert!(public.matches(&ann(), |_| Some("")), "found, no owner");
+        assert!(!public.matches(&ann(), |_| Some("3")), "owned");
+        assert!(!public.matches(&ann(), |_| None), "not looked up: fail closed");
+        // And an empty owner is nobody's account.
+        let owner = Principal::parse("account:{owner}").expect("parse");
+        assert!(!owner.matches(&ann(), |_| Some("")));
     }
 
     #[test]
