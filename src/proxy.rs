@@ -420,6 +420,8 @@ impl Gateway {
             .ok_or_else(|| unavailable("path parameter missing".into()))?;
         let resolved = match resource.cached(&key) {
             Some(resolved) => resolved,
+            // Not an id: no such resource, and nothing to ask the database.
+            None if resource.integer_key && key.parse::<i64>().is_err() => None,
             None => {
                 let authenticator = self
                     .authenticator

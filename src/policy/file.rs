@@ -42,6 +42,7 @@ struct RawResource {
     query: Spanned<String>,
     ttl: Option<Spanned<String>>,
     missing: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,7 +382,7 @@ impl FileCheck<'_> {
                             error.message().trim()
                         ))
                         .at(error.span().unwrap_or(name_span))
-                        .help("a resource has `query`, and optionally `ttl` and `missing`"),
+                        .help("a resource has `query`, and optionally `ttl`, `missing` and `key`"),
                     );
                     continue;
                 }
@@ -421,6 +422,20 @@ impl FileCheck<'_> {
                     continue;
                 }
             };
+            let integer_key = match raw.key.as_ref().map(|k| k.get_ref().as_str()) {
+                None | Some("text") => false,
+                Some("integer") => true,
+                Some(other) => {
+                    if let Some(text) = &raw.key {
+                        self.error(
+                            Problem::error(format!("unknown `key` type `{other}`"))
+                                .at(text.span())
+                                .help("`integer` (ids: anything else is a missing resource, not looked up) or `text`"),
+                        );
+                    }
+                    continue;
+                }
+            };
             if resources.contains_key(&name) {
                 self.error(
                     Problem::error(format!("resource `{name}` is declared twice")).at(name_span),
@@ -434,6 +449,7 @@ impl FileCheck<'_> {
                     raw.query.get_ref(),
                     ttl,
                     missing_is_not_found,
+                    integer_key,
                 )),
             );
         }

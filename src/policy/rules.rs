@@ -82,6 +82,9 @@ pub struct Resource {
     pub query: Arc<str>,
     /// What a missing resource gets: 404 (`true`) or 403.
     pub missing_is_not_found: bool,
+    /// `key = "integer"`: a parameter that is not a whole number names no resource
+    /// (missing, without a lookup); otherwise it is passed as text.
+    pub integer_key: bool,
     cache: moka::sync::Cache<String, Option<Resolved>>,
 }
 
@@ -98,11 +101,13 @@ impl Resource {
         query: &str,
         ttl: std::time::Duration,
         missing_is_not_found: bool,
+        integer_key: bool,
     ) -> Self {
         Self {
             name: name.into(),
             query: query.into(),
             missing_is_not_found,
+            integer_key,
             cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)

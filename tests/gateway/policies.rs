@@ -266,7 +266,7 @@ fn shipped_policies_config(dir: &Path) -> std::path::PathBuf {
         &path,
         format!(
             "[listen]\nhttps = [\"127.0.0.1:1\"]\n[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n\
-             {}\n[policies]\ndir = \"{}\"\n[backends.app]\naddress = \"127.0.0.1:5000\"\n",
+             {}\n[policies]\ndir = \"{}\"\n[backends.app]\naddress = \"127.0.0.1:5000\"\n[backends.flexmeasures]\naddress = \"127.0.0.1:5001\"\n",
             Stores::sqlite().sections(dir),
             policies.display()
         ),
@@ -286,7 +286,7 @@ fn the_shipped_policy_passes_its_test_cases() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("10 case(s), 0 failed"), "{stdout}");
+    assert!(stdout.contains("28 case(s), 0 failed"), "{stdout}");
 
     // A wrong expectation fails the run and says what happened.
     let cases = dir.path().join("cases");
@@ -522,6 +522,12 @@ fn diff_lists_who_gains_and_loses_access() {
         ),
     )
     .expect("write");
+    // The FlexMeasures policy stays as it is.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/flexmeasures.toml"),
+        new.join("flexmeasures.toml"),
+    )
+    .expect("copy");
     let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let stdout = cli_ok(
         &config,
