@@ -194,7 +194,7 @@ impl Gateway {
         }
         let admission = self.decide(session, ctx, &path).await?;
         if let Admission::Forward(_) = &admission {
-            guard_tokens(session, ctx)?;
+            guard_tokens(session, ctx).await?;
         }
         Ok(admission)
     }
@@ -578,10 +578,15 @@ impl From<LimitError> for Rejection {
     }
 }
 
+/// JSON bodies up to this size are read and checked before the backend is contacted
+/// (pingora keeps them in its retry buffer, which is this large, to send on).
+const CHECKED_BEFORE_CONNECTING: usize = 64 * 1024;
+
 /// In front of FlexMeasures, tokens outside `Authorization` are refused or removed
-/// (`forwarding::auth_token`): the query now, a JSON body as it streams through
+/// (`forwarding::auth_token`): the query now; a JSON body now when it is small
+/// (nothing reaches the backend if it is refused), else as it streams through
 /// [`guard_body`].
-fn guard_tokens(session: &Session, ctx: &mut RequestContext) -> Result<(), Rejection> {
+async fn guard_tokens(session: &mut Session, ctx: &mut RequestContext) -> Result<(), Rejection> {
     use crate::forwarding::auth_token::{BodyGuard, is_json, query_has_token, strip_query};
     let Some((mode, limit)) = ctx.snapshot.token_guard() else {
         return Ok(());
@@ -609,10 +614,33 @@ fn guard_tokens(session: &Session, ctx: &mut RequestContext) -> Result<(), Rejec
         || headers
             .get(http::header::CONTENT_LENGTH)
             .is_some_and(|length| length.as_bytes() != b"0");
-    if has_body && is_json(content_type) {
-        ctx.body_guard = Some(BodyGuard::new(limit, strip));
+    if !(has_body && is_json(content_type)) {
+        return Ok(());
+    }
+    let mut guard = BodyGuard::new(limit, strip);
+    let small = !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
+            .is_some_and(|length| length <= CHECKED_BEFORE_CONNECTING);
+    if small {
+        session.enable_retry_buffering();
+        let body = read_body(session, CHECKED_BEFORE_CONNECTING).await?;
+        guard.push(&body).map_err(body_rejection)?;
+        ctx.checked_body = Some(guard.finish().map_err(body_rejection)?);
+    } else {
+        ctx.body_guard = Some(guard);
     }
     Ok(())
+}
+
+fn body_rejection(error: crate::forwarding::auth_token::BodyError) -> Rejection {
+    use crate::forwarding::auth_token::BodyError;
+    match error {
+        BodyError::Token => Rejection::TokenInRequest { place: "JSON body" },
+        BodyError::Malformed => Rejection::MalformedJson,
+        BodyError::TooLarge => Rejection::BodyTooLarge,
+    }
 }
 
 /// `request_body_filter`: a guarded JSON body is collected (nothing goes upstream
@@ -622,7 +650,12 @@ fn guard_body(
     end_of_stream: bool,
     ctx: &mut RequestContext,
 ) -> Result<()> {
-    use crate::forwarding::auth_token::BodyError;
+    if let Some(checked) = ctx.checked_body.take() {
+        // Read and checked before connecting; pingora passes on what it kept of the
+        // body, replaced here by what may go on.
+        *body = Some(checked);
+        return Ok(());
+    }
     let Some(guard) = ctx.body_guard.as_mut() else {
         return Ok(());
     };
@@ -650,11 +683,7 @@ fn guard_body(
         Err(error) => {
             // SECURITY: the backend got the head and nothing of the body, and the
             // connection is dropped: it can read no token from it.
-            ctx.body_refusal = Some(match error {
-                BodyError::Token => Rejection::TokenInRequest { place: "JSON body" },
-                BodyError::Malformed => Rejection::MalformedJson,
-                BodyError::TooLarge => Rejection::BodyTooLarge,
-            });
+            ctx.body_refusal = Some(body_rejection(error));
             Err(Error::explain(
                 ErrorType::InternalError,
                 "request body refused",
@@ -694,7 +723,10 @@ fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result
         .parse()
         .or_err(ErrorType::InternalError, "canonical target is not a URI")?;
     upstream_request.set_uri(uri);
-    if ctx.body_guard.is_some() {
+    if let Some(checked) = &ctx.checked_body {
+        // The checked body may be shorter (stripped).
+        upstream_request.insert_header(http::header::CONTENT_LENGTH, checked.len().to_string())?;
+    } else if ctx.body_guard.is_some() {
         // The inspected body may change length (stripped): send it chunked.
         upstream_request.remove_header(&http::header::CONTENT_LENGTH);
         upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;

@@ -251,7 +251,10 @@ mod tests {
         assert_eq!(public.to_string(), "public:{owner}");
         assert!(public.matches(&ann(), |_| Some("")), "found, no owner");
         assert!(!public.matches(&ann(), |_| Some("3")), "owned");
-        assert!(!public.matches(&ann(), |_| None), "not looked up: fail closed");
+        assert!(
+            !public.matches(&ann(), |_| None),
+            "not looked up: fail closed"
+        );
         // And an empty owner is nobody's account.
         let owner = Principal::parse("account:{owner}").expect("parse");
         assert!(!owner.matches(&ann(), |_| Some("")));

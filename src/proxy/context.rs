@@ -34,6 +34,9 @@ pub struct RequestContext {
     pub refusal: Option<Rejection>,
     /// A JSON body being collected for `auth_token` (in front of FlexMeasures).
     pub body_guard: Option<crate::forwarding::auth_token::BodyGuard>,
+    /// A small JSON body already read and checked in `request_filter`: what the
+    /// backend gets instead of the body as received.
+    pub checked_body: Option<bytes::Bytes>,
     /// Why the body filter stopped the request; answered by `fail_to_proxy`.
     pub body_refusal: Option<Rejection>,
 }
@@ -53,6 +56,7 @@ impl RequestContext {
             permit: None,
             refusal: None,
             body_guard: None,
+            checked_body: None,
             body_refusal: None,
         }
     }

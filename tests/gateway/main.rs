@@ -19,6 +19,7 @@ mod config_errors;
 mod demo;
 mod directory_cli;
 mod failures;
+mod flexmeasures;
 mod headers;
 mod no_secrets;
 mod policies;

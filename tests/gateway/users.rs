@@ -28,7 +28,7 @@ pub struct PostgresDatabase {
 }
 
 /// Runs a future to completion on a thread of its own (callers may be inside a runtime).
-fn block_on<T: Send>(future: impl std::future::Future<Output = T> + Send) -> T {
+pub fn block_on<T: Send>(future: impl std::future::Future<Output = T> + Send) -> T {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
