@@ -309,6 +309,75 @@ fn completions_cover_every_command() {
     assert_eq!(code, 2, "an unknown shell is a usage error");
 }
 
+/// The README's configuration for FlexMeasures loads, given its files.
+#[test]
+fn the_readme_flexmeasures_configuration_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("readme");
+    let section = readme
+        .split_once("## In front of FlexMeasures")
+        .expect("the README has the section")
+        .1;
+    let text = section
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a toml block")
+        .0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = DevCertificates::generate()
+        .expect("certs")
+        .write(dir.path())
+        .expect("write");
+    let secret = dir.path().join("secret_key");
+    std::fs::write(&secret, b"24 random bytes\x00\xff\n").expect("write key");
+    let salt = dir.path().join("salt");
+    std::fs::write(&salt, b"salt").expect("write salt");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("mkdir");
+    std::fs::copy(
+        root.join("policies/flexmeasures.toml"),
+        policies.join("flexmeasures.toml"),
+    )
+    .expect("copy");
+    let env = vec![
+        (
+            "PORTCULLIS__TLS__CERTIFICATE".to_owned(),
+            paths.certificate.display().to_string(),
+        ),
+        (
+            "PORTCULLIS__TLS__PRIVATE_KEY".to_owned(),
+            paths.private_key.display().to_string(),
+        ),
+        (
+            "PORTCULLIS__FLEXMEASURES__SECRET_KEY".to_owned(),
+            format!("file:{}", secret.display()),
+        ),
+        (
+            "PORTCULLIS__FLEXMEASURES__PASSWORD_SALT".to_owned(),
+            format!("file:{}", salt.display()),
+        ),
+        (
+            "PORTCULLIS__POLICIES__DIR".to_owned(),
+            policies.display().to_string(),
+        ),
+        (
+            "PORTCULLIS__DIRECTORY__STATE".to_owned(),
+            format!("sqlite:{}", dir.path().join("state.db").display()),
+        ),
+    ];
+    let loaded = config::parse(&dir.path().join("portcullis.toml"), text.to_owned(), env);
+    assert!(loaded.config.is_some(), "{}", loaded.report.render(false));
+    let config = loaded.config.expect("config");
+    let flexmeasures = config.flexmeasures.expect("[flexmeasures]");
+    // The key file is read byte for byte, newline included.
+    assert_eq!(
+        flexmeasures.secret_keys[0].expose().as_slice(),
+        b"24 random bytes\x00\xff\n"
+    );
+    assert_eq!(flexmeasures.password_salt.expose().as_slice(), b"salt");
+    assert!(config.rules.is_some_and(|rules| rules.len() > 20));
+}
+
 /// The configurations shipped for compose and Kubernetes load without errors, given
 /// a readable secret and a resolvable backend (their real ones exist only there).
 #[test]
