@@ -211,6 +211,34 @@ pub struct Issued {
 /// from inside another runtime is safe.
 struct OwnedRuntime(Option<tokio::runtime::Runtime>);
 
+/// Runs store work on the identity runtime, so it never runs on a proxy event loop.
+/// A task that died counts as a store that did not answer.
+async fn on_runtime<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    handle
+        .spawn(work)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
+
+/// Starts the identity runtime: two workers, and blocking threads for the password
+/// pool.
+fn start_runtime(
+    password_workers: usize,
+) -> Result<(OwnedRuntime, tokio::runtime::Handle), StartError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(password_workers + 2)
+        .thread_name("portcullis-identity")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let handle = runtime.handle().clone();
+    Ok((OwnedRuntime(Some(runtime)), handle))
+}
+
 /// Applies migrations now, waiting at most `limit`; a database that is down is
 /// retried in the background (see `feed`). Runs on a thread of its own: the caller
 /// may be inside another runtime.

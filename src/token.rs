@@ -28,6 +28,57 @@ pub enum TokenError {
     FromTheFuture,
 }
 
+/// Big-endian bytes without leading zeros: how both formats write a timestamp
+/// (itsdangerous `int_to_bytes`).
+fn stripped_be(value: u64) -> Vec<u8> {
+    let bytes = value.to_be_bytes();
+    let first = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len() - 1);
+    bytes.get(first..).unwrap_or_default().to_vec()
+}
+
+/// A timestamp written by [`stripped_be`], as base64url.
+fn decode_timestamp(text: &str) -> Result<u64, TokenError> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| TokenError::Malformed)?;
+    if decoded.is_empty() || decoded.len() > 8 {
+        return Err(TokenError::Malformed);
+    }
+    let mut bytes = [0u8; 8];
+    bytes
+        .get_mut(8 - decoded.len()..)
+        .ok_or(TokenError::Malformed)?
+        .copy_from_slice(&decoded);
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Checks a base64url signature over `signed`. SECURITY: ring compares in constant
+/// time, and every key is tried, so the time does not tell which key (if any) nearly
+/// matched.
+fn verify_signature(
+    keys: &[ring::hmac::Key],
+    signed: &str,
+    signature: &str,
+) -> Result<(), TokenError> {
+    use base64::Engine as _;
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| TokenError::Malformed)?;
+    let mut valid = false;
+    for key in keys {
+        valid |= ring::hmac::verify(key, signed.as_bytes(), &signature).is_ok();
+    }
+    if valid {
+        Ok(())
+    } else {
+        Err(TokenError::BadSignature)
+    }
+}
+
 /// The token in an `Authorization` header value: the raw value, or what follows
 /// `Bearer ` (any case). `None` when the header is empty or not a plausible token.
 pub fn from_authorization(value: &[u8]) -> Option<&str> {

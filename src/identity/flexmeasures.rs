@@ -20,7 +20,7 @@ use moka::sync::Cache;
 use super::blocking::BlockingPool;
 use super::{
     Identity, IdentityError, Issued, LoginAttempt, LoginError, OwnedRuntime, StartError,
-    VerificationPath, Verified, migrate_now, password,
+    VerificationPath, Verified, migrate_now, on_runtime, password, start_runtime,
 };
 use crate::config::{Config, FlexMeasuresLogin};
 use crate::rate_limit::lockout::Lockout;
@@ -61,15 +61,7 @@ impl FlexMeasures {
         ) else {
             return Ok(None);
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(settings.password_workers + 2)
-            .thread_name("portcullis-identity")
-            .enable_all()
-            .build()
-            .map_err(StartError::Runtime)?;
-        let handle = runtime.handle().clone();
-        let runtime = OwnedRuntime(Some(runtime));
+        let (runtime, handle) = start_runtime(settings.password_workers)?;
         let (database, state) = {
             let _guard = handle.enter();
             let database = FlexMeasuresDatabase::connect(
@@ -129,16 +121,14 @@ impl FlexMeasures {
     pub async fn ready(&self) -> Result<(), StoreError> {
         let database = self.database.clone();
         let state = self.state.clone();
-        self.handle
-            .spawn(async move {
-                database.database().ping().await?;
-                if let Some(state) = state {
-                    state.ping().await?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        on_runtime(&self.handle, async move {
+            database.database().ping().await?;
+            if let Some(state) = state {
+                state.ping().await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Policy resources are FlexMeasures' assets and sensors: looked up there.
@@ -148,10 +138,10 @@ impl FlexMeasures {
         key: String,
     ) -> Result<Option<(Option<i64>, Option<i64>)>, StoreError> {
         let database = self.database.clone();
-        self.handle
-            .spawn(async move { database.database().resolve(&query, &key).await })
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        on_runtime(&self.handle, async move {
+            database.database().resolve(&query, &key).await
+        })
+        .await
     }
 
     pub async fn identify(&self, authorization: &[u8]) -> Result<Verified, IdentityError> {
@@ -166,13 +156,12 @@ impl FlexMeasures {
             None => {
                 let database = self.database.clone();
                 let uniquifier = claims.uniquifier.clone();
-                let user = self
-                    .handle
-                    .spawn(async move { database.user_by_uniquifier(&uniquifier).await })
-                    .await
-                    .map_err(|e| IdentityError::Unavailable(e.to_string()))?
-                    .map_err(|e| IdentityError::Unavailable(e.to_string()))?
-                    .ok_or(IdentityError::Invalid("unknown user"))?;
+                let user = on_runtime(&self.handle, async move {
+                    database.user_by_uniquifier(&uniquifier).await
+                })
+                .await
+                .map_err(|e| IdentityError::Unavailable(e.to_string()))?
+                .ok_or(IdentityError::Invalid("unknown user"))?;
                 let user = Arc::new(user);
                 self.users.insert(claims.uniquifier.clone(), user.clone());
                 (user, VerificationPath::Verified)
@@ -194,10 +183,10 @@ impl FlexMeasures {
         let Some(state) = self.state.clone() else {
             return Ok(None);
         };
-        self.handle
-            .spawn(async move { state.lockout(&keys, crate::directory::now()).await })
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        on_runtime(&self.handle, async move {
+            state.lockout(&keys, crate::directory::now()).await
+        })
+        .await
     }
 
     pub async fn lock_out(&self, lockout: Lockout) -> Result<(), StoreError> {
@@ -206,22 +195,19 @@ impl FlexMeasures {
                 "no `[directory] state` to keep lockouts in".into(),
             ));
         };
-        self.handle
-            .spawn(async move { state.lock_out(&lockout).await })
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        on_runtime(&self.handle, async move { state.lock_out(&lockout).await }).await
     }
 
     /// FlexMeasures' password check, then a token FlexMeasures accepts.
     pub async fn login(&self, attempt: LoginAttempt) -> Result<Issued, LoginError> {
         let database = self.database.clone();
         let email = attempt.email;
-        let user = self
-            .handle
-            .spawn(async move { database.user_by_email(&email).await })
-            .await
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let user = on_runtime(
+            &self.handle,
+            async move { database.user_by_email(&email).await },
+        )
+        .await
+        .map_err(|e| LoginError::Unavailable(e.to_string()))?;
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         let dummy = self.dummy_hash.clone();
         let salt = self.password_salt.clone();

@@ -19,7 +19,8 @@ use moka::sync::Cache;
 use super::blocking::BlockingPool;
 use super::{
     Identity, IdentityError, Issued, LoginAttempt, LoginError, OwnedRuntime, StartError,
-    VerificationPath, Verified, feed, migrate_now, open_directory, password,
+    VerificationPath, Verified, feed, migrate_now, on_runtime, open_directory, password,
+    start_runtime,
 };
 use crate::config::Config;
 use crate::directory::{self, Change, Directory, User, UserId};
@@ -98,15 +99,7 @@ impl Native {
         let Some(keys) = TokenKeys::from_settings(&config.tokens) else {
             return Ok(None);
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(settings.password_workers + 2)
-            .thread_name("portcullis-identity")
-            .enable_all()
-            .build()
-            .map_err(StartError::Runtime)?;
-        let handle = runtime.handle().clone();
-        let runtime = OwnedRuntime(Some(runtime));
+        let (runtime, handle) = start_runtime(settings.password_workers)?;
         let directory = {
             let _guard = handle.enter();
             Arc::new(
@@ -168,16 +161,14 @@ impl Native {
     /// Whether the directory (and Redis, when configured) answer; for `/readyz`.
     pub async fn ready(&self) -> Result<(), StoreError> {
         let directory = self.directory.clone();
-        self.handle
-            .spawn(async move {
-                directory.database().ping().await?;
-                if let Some(cluster) = directory.cluster() {
-                    cluster.ping().await?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        on_runtime(&self.handle, async move {
+            directory.database().ping().await?;
+            if let Some(cluster) = directory.cluster() {
+                cluster.ping().await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs a policy resource query on the directory's database (see
@@ -188,10 +179,10 @@ impl Native {
         key: String,
     ) -> Result<Option<(Option<i64>, Option<i64>)>, StoreError> {
         let directory = self.directory.clone();
-        self.handle
-            .spawn(async move { directory.database().resolve(&query, &key).await })
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        on_runtime(&self.handle, async move {
+            directory.database().resolve(&query, &key).await
+        })
+        .await
     }
 
     /// Verifies the token in an `Authorization` header value.
@@ -256,11 +247,8 @@ impl Native {
             return Ok(user);
         }
         let directory = self.directory.clone();
-        let loaded = self
-            .handle
-            .spawn(async move { directory.user_by_id(id).await })
+        let loaded = on_runtime(&self.handle, async move { directory.user_by_id(id).await })
             .await
-            .map_err(|e| IdentityError::Unavailable(e.to_string()))?
             .map_err(|e| IdentityError::Unavailable(e.to_string()))?
             .ok_or(IdentityError::Invalid("unknown user"))?;
         let cached = Arc::new(cached(loaded));
@@ -271,19 +259,19 @@ impl Native {
     /// The lockout in force for any of `keys`, if one is (see `rate_limit::lockout`).
     pub async fn lockout(&self, keys: Vec<String>) -> Result<Option<Lockout>, StoreError> {
         let directory = self.directory.clone();
-        self.handle
-            .spawn(async move { directory.database().lockout(&keys, directory::now()).await })
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        on_runtime(&self.handle, async move {
+            directory.database().lockout(&keys, directory::now()).await
+        })
+        .await
     }
 
     /// Records a lockout for every instance to see.
     pub async fn lock_out(&self, lockout: Lockout) -> Result<(), StoreError> {
         let directory = self.directory.clone();
-        self.handle
-            .spawn(async move { directory.database().lock_out(&lockout).await })
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        on_runtime(&self.handle, async move {
+            directory.database().lock_out(&lockout).await
+        })
+        .await
     }
 
     /// Checks an email and password and issues a token (`POST /api/requestAuthToken`).
@@ -291,12 +279,12 @@ impl Native {
         let password = attempt.password;
         let directory = self.directory.clone();
         let email = attempt.email;
-        let user = self
-            .handle
-            .spawn(async move { directory.find_user(&email).await })
-            .await
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let user = on_runtime(
+            &self.handle,
+            async move { directory.find_user(&email).await },
+        )
+        .await
+        .map_err(|e| LoginError::Unavailable(e.to_string()))?;
         let dummy = self.dummy_hash.clone();
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         // SECURITY: unknown users and inactive users cost one bcrypt run like everyone

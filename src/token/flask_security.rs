@@ -27,7 +27,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::{digest, hmac};
 use serde::Serialize;
 
-use super::{MAX_TOKEN_LENGTH, TokenError};
+use super::{MAX_TOKEN_LENGTH, TokenError, decode_timestamp, stripped_be, verify_signature};
 use crate::secret::Secret;
 
 /// Flask-Security's `SECURITY_REMEMBER_SALT` default, which signs auth tokens.
@@ -149,29 +149,9 @@ impl FlaskSecurityKeys {
         }
         let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let (payload, timestamp) = signed.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| TokenError::Malformed)?;
-        let mut valid = false;
-        for key in &self.keys {
-            valid |= hmac::verify(key, signed.as_bytes(), &signature).is_ok();
-        }
-        if !valid {
-            return Err(TokenError::BadSignature);
-        }
-        let timestamp = URL_SAFE_NO_PAD
-            .decode(timestamp)
-            .map_err(|_| TokenError::Malformed)?;
-        if timestamp.is_empty() || timestamp.len() > 8 {
-            return Err(TokenError::Malformed);
-        }
-        let mut bytes = [0u8; 8];
-        bytes
-            .get_mut(8 - timestamp.len()..)
-            .ok_or(TokenError::Malformed)?
-            .copy_from_slice(&timestamp);
+        verify_signature(&self.keys, signed, signature)?;
         let issued_at =
-            i64::try_from(u64::from_be_bytes(bytes)).map_err(|_| TokenError::Malformed)?;
+            i64::try_from(decode_timestamp(timestamp)?).map_err(|_| TokenError::Malformed)?;
         if issued_at > now.saturating_add(self.clock_skew) {
             return Err(TokenError::FromTheFuture);
         }
@@ -239,16 +219,6 @@ fn payload_bytes(payload: &str) -> Result<Vec<u8>, TokenError> {
         return Err(TokenError::Malformed);
     }
     Ok(json)
-}
-
-/// Big-endian bytes without leading zeros (itsdangerous `int_to_bytes`).
-fn stripped_be(value: u64) -> Vec<u8> {
-    let bytes = value.to_be_bytes();
-    let first = bytes
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(bytes.len() - 1);
-    bytes.get(first..).unwrap_or_default().to_vec()
 }
 
 /// Flask-Security's `get_hmac`: `base64(HMAC-SHA512(key = salt, msg = password))`.

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use super::{MAX_TOKEN_LENGTH, TokenError};
+use super::{MAX_TOKEN_LENGTH, TokenError, decode_timestamp, stripped_be, verify_signature};
 use crate::secret::Secret;
 
 /// 2011-01-01T00:00:00Z in Unix seconds: the seeds' token epoch.
@@ -103,14 +103,9 @@ impl TokenKeys {
         })
         .unwrap_or_default();
         let since_epoch = u64::try_from(issued_at.saturating_sub(NATIVE_EPOCH)).unwrap_or(0);
-        let bytes = since_epoch.to_be_bytes();
-        let first = bytes
-            .iter()
-            .position(|b| *b != 0)
-            .unwrap_or(bytes.len() - 1);
         let mut signed = URL_SAFE_NO_PAD.encode(payload);
         signed.push('.');
-        signed.push_str(&URL_SAFE_NO_PAD.encode(bytes.get(first..).unwrap_or_default()));
+        signed.push_str(&URL_SAFE_NO_PAD.encode(stripped_be(since_epoch)));
         let signature = self
             .keys
             .first()
@@ -130,32 +125,9 @@ impl TokenKeys {
         }
         let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let (payload, timestamp) = signed.split_once('.').ok_or(TokenError::Malformed)?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| TokenError::Malformed)?;
-        // SECURITY: ring's verify compares in constant time; every key is tried so the
-        // time does not tell which key (if any) nearly matched.
-        let mut valid = false;
-        for key in &self.keys {
-            valid |= hmac::verify(key, signed.as_bytes(), &signature).is_ok();
-        }
-        if !valid {
-            return Err(TokenError::BadSignature);
-        }
-        let timestamp = URL_SAFE_NO_PAD
-            .decode(timestamp)
-            .map_err(|_| TokenError::Malformed)?;
-        if timestamp.is_empty() || timestamp.len() > 8 {
-            return Err(TokenError::Malformed);
-        }
-        let mut bytes = [0u8; 8];
-        let start = 8 - timestamp.len();
-        bytes
-            .get_mut(start..)
-            .ok_or(TokenError::Malformed)?
-            .copy_from_slice(&timestamp);
+        verify_signature(&self.keys, signed, signature)?;
         let since_epoch =
-            i64::try_from(u64::from_be_bytes(bytes)).map_err(|_| TokenError::Malformed)?;
+            i64::try_from(decode_timestamp(timestamp)?).map_err(|_| TokenError::Malformed)?;
         let issued_at = NATIVE_EPOCH
             .checked_add(since_epoch)
             .ok_or(TokenError::Malformed)?;
