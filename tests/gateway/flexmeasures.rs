@@ -15,7 +15,7 @@ use portcullis::token::flask_security::{
 };
 
 use super::support::{EchoBackend, Ports, TestGateway, config_text};
-use super::users::{PASSWORD, PostgresDatabase, block_on, cli};
+use super::users::{PASSWORD, PostgresDatabase, block_on, cli, token_of};
 
 const SECRET: &str = "FlexMeasures' SECRET_KEY, any length";
 const OLD_SECRET: &str = "the key before the last rotation";
@@ -261,12 +261,6 @@ read_timeout = "2s"
 
 async fn login(gateway: &TestGateway, email: &str, password: &str) -> (u16, serde_json::Value) {
     super::users::login(gateway, email, password).await
-}
-
-async fn token_of(gateway: &TestGateway, email: &str) -> String {
-    let (status, json) = login(gateway, email, PASSWORD).await;
-    assert_eq!(status, 200, "{email}: {json}");
-    json["auth_token"].as_str().expect("token").to_owned()
 }
 
 async fn get(gateway: &TestGateway, path: &str, token: &str) -> u16 {

@@ -7,7 +7,7 @@ use std::path::Path;
 use portcullis::config;
 
 use super::support::{EchoBackend, Ports, TestGateway, config_text};
-use super::users::{PASSWORD, Stores, cli_ok, get_with, login};
+use super::users::{Stores, add_user, cli_ok, get_with, token_of};
 
 fn gateway_with_example_policy(backend: std::net::SocketAddr) -> TestGateway {
     TestGateway::start_with(|ports: Ports, dir: &Path| {
@@ -24,28 +24,6 @@ fn gateway_with_example_policy(backend: std::net::SocketAddr) -> TestGateway {
         );
         config_text(ports, dir, &body)
     })
-}
-
-fn add_user(config: &Path, email: &str, account: &str, roles: &[&str]) {
-    let mut args = vec![
-        "user",
-        "add",
-        "--email",
-        email,
-        "--account",
-        account,
-        "--password-stdin",
-    ];
-    for role in roles {
-        args.extend(["--role", role]);
-    }
-    cli_ok(config, &args, Some(&format!("{PASSWORD}\n")));
-}
-
-async fn token_of(gateway: &TestGateway, email: &str) -> String {
-    let (status, json) = login(gateway, email, PASSWORD).await;
-    assert_eq!(status, 200, "{json}");
-    json["auth_token"].as_str().expect("token").to_owned()
 }
 
 async fn status(gateway: &TestGateway, method: &str, path: &str, token: &str) -> u16 {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use super::support::{
     DEADLINE, EchoBackend, Ports, TestGateway, config_text, free_ports, metric, public_catch_all,
 };
-use super::users::{PASSWORD, Stores, cli, cli_ok, get_with, login, redis_url, seed, token};
+use super::users::{
+    PASSWORD, Stores, add_user, cli, cli_ok, get_with, login, redis_url, seed, token, token_of,
+};
 
 /// A gateway with one public catch-all route under `[rate_limits]` `section`.
 fn limited(backend: &EchoBackend, section: &str) -> TestGateway {
@@ -81,23 +83,9 @@ async fn users_have_budgets_of_their_own_and_anonymous_callers_count_by_address(
     };
     let gateway = super::users::gateway(&stores, backend.address);
     seed(&gateway.config);
-    cli_ok(
-        &gateway.config,
-        &[
-            "user",
-            "add",
-            "--email",
-            "bob@example.com",
-            "--account",
-            "Acme",
-            "--password-stdin",
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    );
+    add_user(&gateway.config, "bob@example.com", "Acme", &[]);
     let ann = token(&gateway).await;
-    let (status, bob) = login(&gateway, "bob@example.com", PASSWORD).await;
-    assert_eq!(status, 200);
-    let bob = bob["auth_token"].as_str().expect("token").to_owned();
+    let bob = token_of(&gateway, "bob@example.com").await;
 
     let mut ann_statuses = Vec::new();
     for _ in 0..3 {
@@ -278,19 +266,7 @@ async fn repeated_failed_logins_lock_the_login_out_until_an_admin_lifts_it() {
         Some(2.0)
     );
     // Other logins are not affected.
-    cli_ok(
-        &gateway.config,
-        &[
-            "user",
-            "add",
-            "--email",
-            "bob@example.com",
-            "--account",
-            "Acme",
-            "--password-stdin",
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    );
+    add_user(&gateway.config, "bob@example.com", "Acme", &[]);
     assert_eq!(login(&gateway, "bob@example.com", PASSWORD).await.0, 200);
 
     let listed = cli_ok(&gateway.config, &["lockout", "list"], None);

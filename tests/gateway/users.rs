@@ -237,6 +237,30 @@ pub fn seed(config: &Path) {
     );
 }
 
+/// Adds a user with the test password to an existing account.
+pub fn add_user(config: &Path, email: &str, account: &str, roles: &[&str]) {
+    let mut args = vec![
+        "user",
+        "add",
+        "--email",
+        email,
+        "--account",
+        account,
+        "--password-stdin",
+    ];
+    for role in roles {
+        args.extend(["--role", role]);
+    }
+    cli_ok(config, &args, Some(&format!("{PASSWORD}\n")));
+}
+
+/// Logs `email` in with the test password; returns the token.
+pub async fn token_of(gateway: &TestGateway, email: &str) -> String {
+    let (status, json) = login(gateway, email, PASSWORD).await;
+    assert_eq!(status, 200, "{email}: {json}");
+    json["auth_token"].as_str().expect("token").to_owned()
+}
+
 /// Logs in over HTTPS; returns the token and user id.
 pub async fn login(gateway: &TestGateway, email: &str, password: &str) -> (u16, serde_json::Value) {
     let body = serde_json::json!({"email": email, "password": password}).to_string();
