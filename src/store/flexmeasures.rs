@@ -95,23 +95,20 @@ impl FlexMeasuresDatabase {
         let Some((id, account_id, email, active, password, uniquifier, consultancy)) = row else {
             return Ok(None);
         };
-        let pool = self.pool()?;
-        let roles: Vec<(String,)> = sqlx::query_as(
-            "SELECT r.name FROM role r JOIN roles_users ru ON ru.role_id = r.id \
-             WHERE ru.user_id = $1 ORDER BY r.name",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .map_err(unavailable)?;
-        let account_roles: Vec<(String,)> = sqlx::query_as(
-            "SELECT r.name FROM account_role r JOIN roles_accounts ra ON ra.role_id = r.id \
-             WHERE ra.account_id = $1 ORDER BY r.name",
-        )
-        .bind(account_id)
-        .fetch_all(pool)
-        .await
-        .map_err(unavailable)?;
+        let roles = self
+            .names(
+                "SELECT r.name FROM role r JOIN roles_users ru ON ru.role_id = r.id \
+                 WHERE ru.user_id = $1 ORDER BY r.name",
+                id,
+            )
+            .await?;
+        let account_roles = self
+            .names(
+                "SELECT r.name FROM account_role r JOIN roles_accounts ra ON ra.role_id = r.id \
+                 WHERE ra.account_id = $1 ORDER BY r.name",
+                account_id,
+            )
+            .await?;
         Ok(Some(FlexMeasuresUser {
             id,
             account_id,
@@ -120,8 +117,18 @@ impl FlexMeasuresDatabase {
             password_hash: Secret::new(password),
             uniquifier,
             consultancy,
-            roles: roles.into_iter().map(|(name,)| name).collect(),
-            account_roles: account_roles.into_iter().map(|(name,)| name).collect(),
+            roles,
+            account_roles,
         }))
+    }
+
+    /// Role names of one user or account.
+    async fn names(&self, sql: &str, id: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(sql)
+            .bind(id)
+            .fetch_all(self.pool()?)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|(name,)| name).collect())
     }
 }
