@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::users::{PASSWORD, PostgresDatabase, Stores, TOKEN_SECRET, cli, cli_ok};
+use super::users::{PASSWORD, PostgresDatabase, Stores, TOKEN_SECRET, cli, cli_ok, try_add_user};
 
 /// A configuration with a directory (and nothing running).
 fn configured(dir: &Path, stores: &Stores) -> PathBuf {
@@ -25,19 +25,7 @@ fn failing(config: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String) {
 }
 
 fn add_user(config: &Path, email: &str, account: &str, password: &str) -> std::process::Output {
-    cli(
-        config,
-        &[
-            "user",
-            "add",
-            "--email",
-            email,
-            "--account",
-            account,
-            "--password-stdin",
-        ],
-        Some(&format!("{password}\n")),
-    )
+    try_add_user(config, email, account, &[], password)
 }
 
 fn flows_and_errors(config: &Path) {

@@ -237,8 +237,14 @@ pub fn seed(config: &Path) {
     );
 }
 
-/// Adds a user with the test password to an existing account.
-pub fn add_user(config: &Path, email: &str, account: &str, roles: &[&str]) {
+/// Runs `user add` with `password` on stdin; returns what the CLI did.
+pub fn try_add_user(
+    config: &Path,
+    email: &str,
+    account: &str,
+    roles: &[&str],
+    password: &str,
+) -> Output {
     let mut args = vec![
         "user",
         "add",
@@ -251,7 +257,17 @@ pub fn add_user(config: &Path, email: &str, account: &str, roles: &[&str]) {
     for role in roles {
         args.extend(["--role", role]);
     }
-    cli_ok(config, &args, Some(&format!("{PASSWORD}\n")));
+    cli(config, &args, Some(&format!("{password}\n")))
+}
+
+/// Adds a user with the test password to an existing account.
+pub fn add_user(config: &Path, email: &str, account: &str, roles: &[&str]) {
+    let output = try_add_user(config, email, account, roles, PASSWORD);
+    assert!(
+        output.status.success(),
+        "user add {email} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Logs `email` in with the test password; returns the token.
