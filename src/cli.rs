@@ -59,6 +59,9 @@ pub enum Command {
     /// Access tokens: issue one for a service account, revoke a user's tokens.
     #[command(subcommand)]
     Token(admin::TokenCommand),
+    /// Web-login sessions: end a user's sessions.
+    #[command(subcommand)]
+    Session(admin::SessionCommand),
     /// Login lockouts after repeated failed logins: list them, lift them.
     ///
     /// A key that exceeds `[rate_limits] login_failures` may not log in for
@@ -137,6 +140,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Account(command) => admin::account(command),
         Command::User(command) => admin::user(command),
         Command::Token(command) => admin::token(command),
+        Command::Session(command) => admin::session(command),
         Command::Directory(command) => admin::directory(command),
         Command::Lockout(command) => admin::lockout(command),
         Command::Policy(command) => policy::execute(command),

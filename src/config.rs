@@ -12,6 +12,7 @@ mod flexmeasures;
 mod identity;
 mod rate_limits;
 mod raw;
+mod web_login;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -65,6 +66,8 @@ pub struct Config {
     pub rules: Option<Arc<crate::policy::rules::RuleSet>>,
     /// Limit classes, where budgets are kept, and the login endpoint's limits.
     pub rate_limits: crate::rate_limit::RateLimitSettings,
+    /// The login pages for browsers and their sessions; `None`: no web login.
+    pub web_login: Option<WebLoginSettings>,
     /// Where the policy files are, when `[policies]` is set.
     pub policies_dir: Option<PathBuf>,
     /// How often the policy files are looked at for changes; zero: only on SIGHUP.
@@ -131,6 +134,7 @@ pub use identity::{
 };
 pub use rate_limits::{default_classes, rule_classes, spec_problem};
 pub use raw::StringList;
+pub use web_login::{MailSettings, MailTransport, SmtpSettings, SmtpTls, WebLoginSettings};
 
 /// Where decision records go and how many may wait to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +210,8 @@ pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("identity_headers", raw::keys_of::<raw::IdentityHeaders>()),
         ("policies", raw::keys_of::<raw::Policies>()),
         ("rate_limits", raw::keys_of::<raw::RateLimits>()),
+        ("web_login", raw::keys_of::<raw::WebLogin>()),
+        ("mail", raw::keys_of::<raw::Mail>()),
         ("backends.NAME", raw::keys_of::<raw::Backend>()),
         ("route", raw::keys_of::<raw::Route>()),
     ]
@@ -279,6 +285,7 @@ pub fn parse(path: &Path, text: String, env: impl IntoIterator<Item = (String, S
         problems,
         broken_backends: Default::default(),
         has_directory: false,
+        has_web_login: false,
         others: Vec::new(),
         classes: Default::default(),
         default_classes: Vec::new(),
@@ -375,6 +382,8 @@ struct Check<'s> {
     base: PathBuf,
     /// Whether a `[directory]` section is present (so tokens can be verified).
     has_directory: bool,
+    /// Whether `[web_login]` is set (session routes can be reached).
+    has_web_login: bool,
     /// Reports of the policy files the configuration names.
     others: Vec<Report>,
     /// Classes of `[rate_limits.classes]`, and the defaults, for routes and policies.
@@ -458,6 +467,8 @@ impl Check<'_> {
         let directory_span = header("directory");
         let flexmeasures_span = header("flexmeasures");
         let redis_span = header("redis");
+        let web_login_span = header("web_login");
+        let mail_span = header("mail");
         let directory: Option<raw::Directory> = root
             .get("directory")
             .is_some()
@@ -485,6 +496,16 @@ impl Check<'_> {
         let rate_limits: raw::RateLimits = self
             .section("rate_limits", root.remove("rate_limits"))
             .unwrap_or_default();
+        let web_login: Option<raw::WebLogin> = root
+            .get("web_login")
+            .is_some()
+            .then(|| self.section("web_login", root.remove("web_login")))
+            .flatten();
+        let mail: Option<raw::Mail> = root
+            .get("mail")
+            .is_some()
+            .then(|| self.section("mail", root.remove("mail")))
+            .flatten();
         let backends_value = root.remove("backends");
         let routes_value = root.remove("route");
 
@@ -545,6 +566,30 @@ impl Check<'_> {
         }
         self.classes = rate_limits.classes.clone();
         self.default_classes = rate_limits::default_classes(&rate_limits);
+        let web_login = match (web_login, &directory) {
+            (None, _) => {
+                if mail.is_some() {
+                    self.error(
+                        Problem::warning("`[mail]` is unused: only the web login sends mail")
+                            .at_opt(mail_span)
+                            .help("add `[web_login]`, or remove `[mail]`"),
+                    );
+                }
+                None
+            }
+            (Some(raw), Some(settings)) if settings.kind == DirectoryKind::Native => {
+                self.web_login(raw, mail, web_login_span)
+            }
+            (Some(_), _) => {
+                self.error(
+                    Problem::error("`[web_login]` needs the native directory (`[directory]` with `kind = \"native\"`)")
+                        .at_opt(web_login_span)
+                        .help("users who log in on the gateway's pages live in its own directory; in front of FlexMeasures, use FlexMeasures' own login for its UI"),
+                );
+                None
+            }
+        };
+        self.has_web_login = web_login.is_some();
         let identity_headers = self.identity_headers(identity_headers);
         let backends = self.backends(backends_value, &mut spans);
         if let Some(settings) = &flexmeasures {
@@ -589,6 +634,7 @@ impl Check<'_> {
             routes,
             rules,
             rate_limits,
+            web_login,
             policies_dir,
             policies_reload_interval,
             spans,
@@ -1230,13 +1276,15 @@ impl Check<'_> {
                 );
             }
             Some(Access::Public) => {}
-            Some(Access::Token | Access::TokenOrSession) if self.has_directory => {}
+            Some(Access::Token) if self.has_directory => {}
+            Some(Access::Session | Access::TokenOrSession) if self.has_web_login => {}
+            Some(Access::TokenOrSession) if self.has_directory => {}
             Some(Access::Session) => self.error(
                 Problem::warning(format!(
-                    "route `{id}` requires a web-login session, which this gateway does not offer yet: every request to it is refused with 401"
+                    "route `{id}` requires a web-login session, but there is no `[web_login]`: every request to it is refused with 401"
                 ))
                 .at(raw.auth.span())
-                .help("use `token` or `token-or-session` for API routes"),
+                .help("add `[web_login]` (see deploy/portcullis.example.toml), or use `token` for API routes"),
             ),
             Some(other) => self.error(
                 Problem::warning(format!(
@@ -1271,14 +1319,34 @@ impl Check<'_> {
             &self.default_classes,
             &mut self.problems,
         )?;
+        let mfa = self.mfa(raw.mfa.as_ref(), access);
         valid.then(|| Route {
             id: id.into(),
             host,
             path_prefix: prefix,
             backend,
             access,
+            mfa,
             rate_limits,
         })
+    }
+
+    /// `mfa` of a route: whether a session must have passed the second factor
+    /// (default: yes). Only sessions are asked; on other routes it is a mistake.
+    fn mfa(&mut self, mfa: Option<&Spanned<bool>>, access: Access) -> bool {
+        if let Some(mfa) = mfa
+            && !matches!(access, Access::Session | Access::TokenOrSession)
+        {
+            self.error(
+                Problem::warning(format!(
+                    "`mfa` only applies to session routes; this one is `{}`",
+                    access.name()
+                ))
+                .at(mfa.span())
+                .help("remove `mfa`, or set `auth = \"session\"` or `\"token-or-session\"`"),
+            );
+        }
+        mfa.is_none_or(|mfa| *mfa.get_ref())
     }
 
     /// "at file:line:col", for hints that name a second place.

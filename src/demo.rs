@@ -43,8 +43,22 @@ bcrypt_cost = 10
 [tokens]
 secrets = ["file:{token_key}"]
 
+[web_login]
+secret = "file:{login_key}"
+title = "Portcullis demo"
+
+[mail]
+# Development: each login code is written to a file here (its path is logged).
+outbox = "{outbox}"
+
 [backends.demo]
 address = "{backend}"
+
+[[route]]
+id = "demo-ui"
+path_prefix = "/ui"
+backend = "demo"
+auth = "session"
 
 [[route]]
 id = "demo-private"
@@ -64,6 +78,8 @@ auth = "public"
         private_key = private_key.display(),
         database = data.join("portcullis.db").display(),
         token_key = data.join("token.key").display(),
+        login_key = data.join("web-login.key").display(),
+        outbox = data.join("outbox").display(),
     )
 }
 
@@ -73,9 +89,11 @@ pub const DEMO_ACCOUNT: &str = "Demo";
 /// Creates the data directory and, when missing, a random token secret (mode 0600).
 pub fn prepare_data(data: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(data)?;
-    let key = data.join("token.key");
-    if !key.exists() {
-        write_private(&key, &random_text(48))?;
+    for name in ["token.key", "web-login.key"] {
+        let key = data.join(name);
+        if !key.exists() {
+            write_private(&key, &random_text(48))?;
+        }
     }
     Ok(())
 }
@@ -155,11 +173,15 @@ pub fn banner(
     let ca = ca.display();
     let password = data.join("demo-password");
     let password = password.display();
+    let outbox = data.join("outbox");
+    let outbox = outbox.display();
     format!(
         "\nPortcullis demo is running.\n\n\
          \x20 https://localhost:{https_port}/            the demo backend, through the gateway\n\
          \x20 http://localhost:{http_port}/             redirects (308) to https\n\
          \x20 https://localhost:{https_port}/private     needs a token (401 without one)\n\
+         \x20 https://localhost:{https_port}/ui          needs the web login: password, then the code\n\
+         \x20                                      mailed to {outbox}/ (newest file)\n\
          \x20 https://localhost:{https_port}/a/../b      refused: ambiguous path (400)\n\
          \x20 http://{admin}/metrics       Prometheus metrics (also /healthz, /readyz)\n\n\
          Browsers will warn about the development certificate; trust {ca} or use curl:\n\
@@ -208,7 +230,8 @@ mod tests {
             loaded.report.render(false)
         );
         let config = loaded.config.expect("config");
-        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.routes.len(), 3);
+        assert!(config.web_login.is_some(), "the demo shows the web login");
         assert_eq!(config.listen.https.len(), 2);
         assert_eq!(config.listen.redirect_port, 8443);
         assert!(config.directory.is_some());

@@ -50,10 +50,30 @@ pub struct User {
     pub password_hash: Secret<String>,
     /// Unix seconds; tokens issued before are refused.
     pub tokens_not_before: i64,
+    /// Unix seconds; web-login sessions begun before are refused.
+    pub sessions_not_before: i64,
     pub roles: Vec<String>,
     pub account_roles: Vec<String>,
     pub created_at: i64,
     pub changed_at: i64,
+}
+
+/// A user's authenticator app (TOTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotpEnrollment {
+    /// The shared secret, sealed with the web login's key.
+    pub sealed_secret: String,
+    /// The last time step accepted.
+    pub last_step: i64,
+    pub enrolled_at: i64,
+}
+
+/// Whether and how a user has set up second factors, for `user show` and `user 2fa show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecondFactorState {
+    /// When an authenticator app was enrolled.
+    pub totp_enrolled_at: Option<i64>,
+    pub recovery_codes_left: i64,
 }
 
 /// One entry of the change feed: which user or account changed.
@@ -330,6 +350,37 @@ impl Directory {
         self.database.revoke_tokens(user.id, at).await?;
         self.share_revocation(user.id, at).await?;
         Ok(user.id)
+    }
+
+    /// Ends every web-login session of the user, on every instance.
+    pub async fn revoke_sessions(&self, email: &str) -> Result<UserId, DirectoryError> {
+        let user = self.user(email).await?;
+        self.database
+            .revoke_sessions(user.id, not_before_now())
+            .await?;
+        self.announce_user(user.id).await?;
+        Ok(user.id)
+    }
+
+    /// The user's second factors.
+    pub async fn second_factor(&self, email: &str) -> Result<SecondFactorState, DirectoryError> {
+        let user = self.user(email).await?;
+        Ok(SecondFactorState {
+            totp_enrolled_at: self.database.totp(user.id).await?.map(|t| t.enrolled_at),
+            recovery_codes_left: self.database.recovery_codes_left(user.id).await?,
+        })
+    }
+
+    /// Removes the user's authenticator app and recovery codes and ends their
+    /// sessions; the next login asks for an emailed code. False: nothing was enrolled.
+    pub async fn reset_second_factor(&self, email: &str) -> Result<bool, DirectoryError> {
+        let user = self.user(email).await?;
+        let removed = self
+            .database
+            .reset_second_factor(user.id, not_before_now())
+            .await?;
+        self.announce_user(user.id).await?;
+        Ok(removed)
     }
 
     async fn share_revocation(&self, user: UserId, at: i64) -> Result<(), DirectoryError> {

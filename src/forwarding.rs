@@ -266,6 +266,30 @@ fn is_plausible_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// The `Cookie` header a backend gets: the request's cookies without the gateway's
+/// own (the web login's session and CSRF cookies). `None`: nothing to change.
+/// SECURITY: a backend (or its logs) never holds a session id it could replay.
+pub fn cookies_for_backend<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Option<String>> {
+    let mut changed = false;
+    let mut kept = Vec::new();
+    for value in values {
+        let text = String::from_utf8_lossy(value);
+        for pair in text.split(';') {
+            let pair = pair.trim();
+            if pair.is_empty() {
+                continue;
+            }
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name).trim();
+            if name == crate::login::SESSION_COOKIE || name == crate::login::CSRF_COOKIE {
+                changed = true;
+            } else {
+                kept.push(pair.to_owned());
+            }
+        }
+    }
+    changed.then(|| (!kept.is_empty()).then(|| kept.join("; ")))
+}
+
 /// A fresh request id.
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -274,6 +298,22 @@ pub fn new_request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_cookies_never_reach_the_backend() {
+        let values: [&[u8]; 2] = [
+            b"theme=dark; __Host-portcullis-session=abc",
+            b"__Host-portcullis-csrf=xyz; lang=nl",
+        ];
+        assert_eq!(
+            cookies_for_backend(values.into_iter()),
+            Some(Some("theme=dark; lang=nl".to_owned()))
+        );
+        let only_ours: [&[u8]; 1] = [b"__Host-portcullis-session=abc"];
+        assert_eq!(cookies_for_backend(only_ours.into_iter()), Some(None));
+        let none_of_ours: [&[u8]; 1] = [b"theme=dark"];
+        assert_eq!(cookies_for_backend(none_of_ours.into_iter()), None);
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -12,7 +12,7 @@
 mod blocking;
 mod feed;
 mod flexmeasures;
-mod native;
+pub mod native;
 pub mod password;
 
 use std::sync::Arc;
@@ -103,6 +103,15 @@ impl Authenticator {
         }
     }
 
+    /// The native directory, for the web login (configuration checks refuse
+    /// `[web_login]` with another directory).
+    pub fn native(&self) -> Option<&native::Native> {
+        match self {
+            Self::Native(native) => Some(native),
+            Self::FlexMeasures(_) => None,
+        }
+    }
+
     /// The lockout in force for any of `keys`, if one is (see `rate_limit::lockout`).
     pub async fn lockout(&self, keys: Vec<String>) -> Result<Option<Lockout>, StoreError> {
         match self {
@@ -160,6 +169,17 @@ pub enum LoginError {
     BadCredentials,
     #[error("login cannot be checked: {0}")]
     Unavailable(String),
+}
+
+/// The user behind a web-login session, for the session check (`login`).
+#[derive(Debug, Clone)]
+pub struct SessionHolder {
+    pub identity: Arc<Identity>,
+    pub active: bool,
+    /// SHA-256 of the current password hash.
+    pub fingerprint: [u8; 32],
+    /// Sessions begun before this (Unix seconds) are over.
+    pub sessions_not_before: i64,
 }
 
 /// A token that passed every check.

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod canonical;
 pub mod forwarding;
 pub mod identity;
+pub mod login;
 pub mod policy;
 pub mod rate_limit;
 pub mod rejection;

@@ -19,6 +19,7 @@ pub struct Metrics {
     audit_dropped: prometheus::IntCounter,
     token_checks: IntCounterVec,
     logins: IntCounterVec,
+    second_factors: IntCounterVec,
     policy_reloads: IntCounterVec,
     policy_reloaded_at: IntGauge,
     rate_limited: IntCounterVec,
@@ -38,6 +39,8 @@ pub enum Decision {
     Failed,
     /// The login endpoint issued a token.
     TokenIssued,
+    /// A web-login page answered by the gateway.
+    Page,
 }
 
 impl Decision {
@@ -47,6 +50,7 @@ impl Decision {
             Self::Refused => "refused",
             Self::Failed => "failed",
             Self::TokenIssued => "token-issued",
+            Self::Page => "page",
         }
     }
 }
@@ -99,7 +103,7 @@ impl Metrics {
         let logins = IntCounterVec::new(
             Opts::new(
                 "logins_total",
-                "Password logins by result: issued, refused or unavailable.",
+                "Password logins by result: issued (a token), session (the web login), refused or unavailable.",
             ),
             &["result"],
         )?;
@@ -141,6 +145,14 @@ impl Metrics {
         registry.register(Box::new(policy_reloaded_at.clone()))?;
         registry.register(Box::new(token_checks.clone()))?;
         registry.register(Box::new(logins.clone()))?;
+        let second_factors = IntCounterVec::new(
+            prometheus::Opts::new(
+                "second_factors_total",
+                "Second-factor codes checked on the web login, by result: passed or refused.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(second_factors.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -157,6 +169,7 @@ impl Metrics {
             audit_dropped,
             token_checks,
             logins,
+            second_factors,
             policy_reloads,
             policy_reloaded_at,
             rate_limited,
@@ -204,6 +217,11 @@ impl Metrics {
     /// Counts one login: `issued`, `refused` or `unavailable`.
     pub fn login(&self, result: &str) {
         self.logins.with_label_values(&[result]).inc();
+    }
+
+    /// A second-factor code was checked: `passed` or `refused`.
+    pub fn second_factor(&self, result: &str) {
+        self.second_factors.with_label_values(&[result]).inc();
     }
 
     /// Counts one finished request.

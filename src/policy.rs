@@ -64,7 +64,9 @@ pub fn authorize_rule(
     };
     let identity = match (rule.access, caller) {
         (Access::Public, _) => return Ok(permit("public".into())),
-        (Access::Token | Access::TokenOrSession, Caller::User(identity)) => identity,
+        (Access::Token | Access::Session | Access::TokenOrSession, Caller::User(identity)) => {
+            identity
+        }
         // SECURITY: fail closed, as for `[[route]]` routes.
         (access, _) => {
             return Err(Rejection::Unauthenticated {
@@ -113,18 +115,19 @@ pub fn authorize(route: &Route, caller: &Caller) -> Result<Permit, Rejection> {
             backend: route.backend.clone(),
             because: None,
         }),
-        (Access::Token | Access::TokenOrSession, Caller::User(_)) => Ok(Permit {
+        // The identify stage verified the credential the route takes: on a session
+        // route only a session cookie, never a token.
+        (Access::Token | Access::Session | Access::TokenOrSession, Caller::User(_)) => Ok(Permit {
             route: route.id.clone(),
             backend: route.backend.clone(),
             because: None,
         }),
         // SECURITY: fail closed; a route that needs credentials never admits an
-        // anonymous caller, and a session route is not reached with a token.
+        // anonymous caller.
         (
             access @ (Access::Token | Access::Session | Access::TokenOrSession),
             Caller::Anonymous,
-        )
-        | (access @ Access::Session, Caller::User(_)) => Err(Rejection::Unauthenticated {
+        ) => Err(Rejection::Unauthenticated {
             route: route.id.to_string(),
             needed: access.name(),
         }),
@@ -143,6 +146,7 @@ mod tests {
             path_prefix: "/".into(),
             backend: "b".into(),
             access,
+            mfa: true,
             rate_limits: Vec::new(),
         }
     }
@@ -155,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn token_routes_admit_verified_users_and_session_routes_do_not() {
+    fn protected_routes_admit_verified_users() {
         let user = Caller::User(Arc::new(crate::identity::Identity {
             user_id: 1,
             account_id: 1,
@@ -165,7 +169,7 @@ mod tests {
         }));
         assert!(authorize(&route(Access::Token), &user).is_ok());
         assert!(authorize(&route(Access::TokenOrSession), &user).is_ok());
-        assert!(authorize(&route(Access::Session), &user).is_err());
+        assert!(authorize(&route(Access::Session), &user).is_ok());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! request_filter:           canonicalize → strip → route → identify → rate limit → authorize
 //!                           → tokens outside Authorization (in front of FlexMeasures)
 //!                           (or the login endpoint, answered by the gateway after its
-//!                           own limits and lockouts, or passed through)
+//!                           own limits and lockouts, or passed through; or one of the
+//!                           web login's pages, answered by `login`)
 //! upstream_peer:            the permitted route's backend (needs a Permit)
 //! upstream_request_filter:  canonical path, forwarding and identity headers
 //! request_body_filter:      a guarded JSON body, inspected whole before it goes on
@@ -36,11 +37,11 @@ use crate::canonical::canonicalize;
 use crate::config::TokenInRequest;
 use crate::forwarding::{ConnectionRewrite, ForwardedFor, Signed, Strip, identity_headers};
 use crate::identity::{Authenticator, Caller, IdentityError, LoginAttempt, LoginError};
+use crate::login::{Cookies, Form, LoginGuard, LoginLimits, PageRequest, WebLogin, same_origin};
 use crate::metrics::Metrics;
 use crate::policy::rules::{Resolved, ResourceRef};
 use crate::policy::{Permit, authorize, authorize_rule, login_pass_through};
-use crate::rate_limit::lockout::Lockout;
-use crate::rate_limit::{Exceeded, LimitClass, LimitError, RateLimiter, Subject};
+use crate::rate_limit::{LimitClass, RateLimiter, Subject};
 use crate::rejection::Rejection;
 use crate::route::Access;
 
@@ -53,6 +54,10 @@ pub struct Gateway {
     authenticator: Option<Arc<Authenticator>>,
     /// Rate-limit budgets; they outlive snapshots, so a reload keeps them.
     limiter: Arc<RateLimiter>,
+    /// Login limits and lockouts, for both logins; `None` without a directory.
+    guard: Option<Arc<LoginGuard>>,
+    /// The login pages and sessions; `None` without `[web_login]`.
+    web_login: Option<Arc<WebLogin>>,
 }
 
 impl Gateway {
@@ -62,6 +67,8 @@ impl Gateway {
         audit: Arc<Audit>,
         authenticator: Option<Arc<Authenticator>>,
         limiter: Arc<RateLimiter>,
+        guard: Option<Arc<LoginGuard>>,
+        web_login: Option<Arc<WebLogin>>,
     ) -> Self {
         Self {
             snapshot,
@@ -69,6 +76,8 @@ impl Gateway {
             audit,
             authenticator,
             limiter,
+            guard,
+            web_login,
         }
     }
 }
@@ -168,11 +177,11 @@ impl ProxyHttp for Gateway {
 enum Admission {
     /// Forward to the permitted backend.
     Forward(Permit),
-    /// The gateway answered itself (the login endpoint).
+    /// The gateway answered itself (the login endpoint, a login page).
     Answered,
 }
 
-/// Longest login body read; larger ones get 413.
+/// Longest login body (JSON or form) read; larger ones get 413.
 const MAX_LOGIN_BODY: usize = 16 * 1024;
 
 impl Gateway {
@@ -183,6 +192,12 @@ impl Gateway {
         ctx: &mut RequestContext,
     ) -> Result<Admission, Rejection> {
         let path = locate(session, ctx)?;
+        if let Some(web_login) = &self.web_login
+            && web_login.serves(&path)
+        {
+            ctx.route = Some(crate::login::WEB_LOGIN_ROUTE.into());
+            return self.web_page(session, ctx, web_login, &path).await;
+        }
         if let Some(authenticator) = &self.authenticator
             && path == authenticator.login_path()
         {
@@ -213,7 +228,9 @@ impl Gateway {
                 .find(ctx.host.as_deref(), &method, path)
                 .ok_or(Rejection::NoRoute)?;
             ctx.route = Some(matched.rule.id.clone());
-            let caller = self.identify(matched.rule.access, session, ctx).await?;
+            let caller = self
+                .identify(matched.rule.access, matched.rule.mfa, session, ctx)
+                .await?;
             self.limit(&matched.rule.rate_limits, &caller, &matched.rule.id, ctx)
                 .await?;
             let resolved = match (&matched.rule.resource, &caller) {
@@ -230,7 +247,7 @@ impl Gateway {
             .find(ctx.host.as_deref(), path)
             .ok_or(Rejection::NoRoute)?;
         ctx.route = Some(route.id.clone());
-        let caller = self.identify(route.access, session, ctx).await?;
+        let caller = self.identify(route.access, route.mfa, session, ctx).await?;
         self.limit(&route.rate_limits, &caller, &route.id, ctx)
             .await?;
         authorize(route, &caller).map(Admission::Forward)
@@ -297,6 +314,10 @@ impl Gateway {
         if session.req_header().method != http::Method::POST {
             return Err(Rejection::LoginMethod);
         }
+        let guard = self
+            .guard
+            .as_ref()
+            .ok_or_else(|| Rejection::Internal("login guard missing".into()))?;
         let body = read_body(session, MAX_LOGIN_BODY).await?;
         let attempt = LoginAttempt::parse(&body);
         let email = attempt.as_ref().ok().map(|a| a.email.clone());
@@ -308,35 +329,9 @@ impl Gateway {
             route: LOGIN_ROUTE,
             login: email.as_deref(),
         };
-        // SECURITY: limits and lockouts come before the password is looked at, so
-        // neither guessing nor a storm reaches bcrypt beyond the budget.
-        self.limiter
-            .check(snapshot.login_limits(), &subject)
-            .await
-            .map_err(Rejection::from)?;
+        let limits = login_limits(&snapshot);
+        guard.admit(limits, &subject).await?;
         let attempt = attempt.map_err(|_| Rejection::MalformedLogin)?;
-        let lockouts = !snapshot.lockout().is_zero();
-        if lockouts {
-            let keys: Vec<String> = snapshot
-                .login_failures()
-                .iter()
-                .flat_map(|class| &class.limits)
-                .map(|limit| subject.key(&limit.limit, self.limiter.ipv6_prefix()))
-                .collect();
-            let held = authenticator.lockout(keys).await.map_err(|e| {
-                Rejection::CredentialsUnavailable {
-                    cause: e.to_string(),
-                }
-            })?;
-            if let Some(lockout) = held {
-                self.metrics.rate_limited("lockout");
-                return Err(Rejection::LockedOut {
-                    retry_after: u64::try_from(lockout.until - crate::directory::now())
-                        .unwrap_or(1),
-                    key: lockout.key,
-                });
-            }
-        }
         let outcome = authenticator.login(attempt).await;
         self.metrics.login(match &outcome {
             Ok(_) => "issued",
@@ -352,52 +347,56 @@ impl Gateway {
             }
             Err(LoginError::Malformed) => Err(Rejection::MalformedLogin),
             Err(LoginError::BadCredentials) => {
-                let failures = snapshot.login_failures();
-                if lockouts
-                    && let Some(exceeded) = self.limiter.count_failure(failures, &subject).await
-                {
-                    self.lock_out(authenticator, &exceeded, snapshot.lockout(), ctx)
-                        .await;
-                }
+                guard.failed(limits, &subject, &ctx.request_id).await;
                 Err(Rejection::LoginFailed)
             }
             Err(LoginError::Unavailable(cause)) => Err(Rejection::CredentialsUnavailable { cause }),
         }
     }
 
-    /// Locks the key that exceeded a failed-login limit out for `duration`.
-    async fn lock_out(
+    /// One of the web login's pages: the form body (POST), cookies and whether the
+    /// browser says the request comes from this site go to `login`; its answer is
+    /// written back.
+    async fn web_page(
         &self,
-        authenticator: &Authenticator,
-        exceeded: &Exceeded,
-        duration: std::time::Duration,
-        ctx: &RequestContext,
-    ) {
-        let now = crate::directory::now();
-        let lockout = Lockout {
-            key: exceeded.key.clone(),
-            until: now.saturating_add(i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)),
-            reason: exceeded.to_string(),
-            created: now,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        web_login: &WebLogin,
+        path: &str,
+    ) -> Result<Admission, Rejection> {
+        let method = session.req_header().method.clone();
+        let form = if method == http::Method::POST {
+            Form::parse(&read_body(session, MAX_LOGIN_BODY).await?)
+        } else {
+            Form::default()
         };
-        let detail = format!(
-            "`{}` locked out for {} after {}",
-            lockout.key,
-            humantime::format_duration(duration),
-            lockout.reason
-        );
-        match authenticator.lock_out(lockout).await {
-            Ok(()) => {
-                self.metrics.lockout();
-                tracing::warn!(request_id = %ctx.request_id, "{detail}");
-                self.audit.security("login-locked-out", Some(&detail));
-            }
-            // The failure limit still refuses this key's next failures; the lockout
-            // itself is retried at the next one.
-            Err(error) => {
-                tracing::error!(request_id = %ctx.request_id, error = %error, "cannot record a login lockout");
-            }
-        }
+        let headers = &session.req_header().headers;
+        let cookies = cookies_of(headers);
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let same_site = same_origin(text("origin"), text("sec-fetch-site"), ctx.host.as_deref());
+        let snapshot = ctx.snapshot.clone();
+        let query = ctx
+            .target
+            .as_ref()
+            .and_then(|t| t.query())
+            .map(str::to_owned);
+        let request = PageRequest {
+            method: &method,
+            path,
+            query: query.as_deref(),
+            cookies: &cookies,
+            form,
+            same_origin: same_site,
+            client_ip: client_ip(ctx)?,
+            request_id: &ctx.request_id,
+        };
+        let answer = web_login
+            .answer(request, login_limits(&snapshot), snapshot.second_factor())
+            .await;
+        respond::page(session, ctx, answer)
+            .await
+            .map_err(|e| Rejection::Internal(e.to_string()))?;
+        Ok(Admission::Answered)
     }
 
     /// The resource a rule is about: its owner and consultancy accounts, from the
@@ -449,25 +448,104 @@ impl Gateway {
         }
     }
 
-    /// The identify stage; remembers a verified identity for the later phases.
+    /// The identify stage: a token where the route takes tokens (and one is sent, or
+    /// sessions are not an option), else a session cookie where it takes sessions.
+    /// Remembers a verified identity for the later phases.
     async fn identify(
         &self,
         access: Access,
+        mfa: bool,
         session: &Session,
         ctx: &mut RequestContext,
     ) -> Result<Caller, Rejection> {
-        let caller = identify(
-            access,
-            session.req_header(),
-            self.authenticator.as_deref(),
-            &self.metrics,
-        )
-        .await?;
-        if let Caller::User(identity) = &caller {
-            ctx.identity = Some(identity.clone());
+        let request = session.req_header();
+        let takes_tokens = matches!(access, Access::Token | Access::TokenOrSession);
+        let takes_sessions = matches!(access, Access::Session | Access::TokenOrSession);
+        let web_login = self.web_login.as_deref().filter(|_| takes_sessions);
+        let caller = if access == Access::Public {
+            Caller::Anonymous
+        } else if takes_tokens
+            && (web_login.is_none() || request.headers.contains_key(http::header::AUTHORIZATION))
+        {
+            identify(request, self.authenticator.as_deref(), &self.metrics).await?
+        } else if let Some(web_login) = web_login {
+            match web_login.caller(&cookies_of(&request.headers)).await? {
+                Some(caller) if mfa && !caller.complete => {
+                    return Err(if wants_html(request) {
+                        Rejection::SignIn {
+                            location: web_login.second_factor_location(&next_of(ctx)),
+                        }
+                    } else {
+                        Rejection::SecondFactorRequired
+                    });
+                }
+                Some(caller) => {
+                    // SECURITY: browsers attach the cookie to requests other sites
+                    // make; only this site may change state with it.
+                    let text = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
+                    if !request.method.is_safe()
+                        && !same_origin(text("origin"), text("sec-fetch-site"), ctx.host.as_deref())
+                    {
+                        return Err(Rejection::CrossSite);
+                    }
+                    Caller::User(caller.identity)
+                }
+                None => Caller::Anonymous,
+            }
+        } else {
+            Caller::Anonymous
+        };
+        match &caller {
+            Caller::User(identity) => ctx.identity = Some(identity.clone()),
+            Caller::Anonymous => {
+                if let Some(web_login) = web_login
+                    && wants_html(request)
+                {
+                    return Err(Rejection::SignIn {
+                        location: web_login.sign_in_location(&next_of(ctx)),
+                    });
+                }
+            }
         }
         Ok(caller)
     }
+}
+
+/// The limits of a snapshot for the password logins.
+fn login_limits(snapshot: &Snapshot) -> LoginLimits<'_> {
+    LoginLimits {
+        attempts: snapshot.login_limits(),
+        failures: snapshot.login_failures(),
+        lockout: snapshot.lockout(),
+    }
+}
+
+fn cookies_of(headers: &http::HeaderMap) -> Cookies {
+    Cookies::parse(
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    )
+}
+
+/// A browser navigating (it asks for HTML with GET or HEAD): it is sent to the login
+/// page rather than given a 401.
+fn wants_html(request: &RequestHeader) -> bool {
+    (request.method == http::Method::GET || request.method == http::Method::HEAD)
+        && request
+            .headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .any(|accept| accept.to_str().is_ok_and(|a| a.contains("text/html")))
+}
+
+/// Where the login should bring the browser back to: this request's canonical target.
+fn next_of(ctx: &RequestContext) -> String {
+    ctx.target.as_ref().map_or_else(
+        || "/".to_owned(),
+        crate::canonical::CanonicalTarget::path_and_query,
+    )
 }
 
 /// The route id under which login requests are logged and audited.
@@ -501,17 +579,12 @@ fn locate(session: &mut Session, ctx: &mut RequestContext) -> Result<String, Rej
     Ok(ctx.target.insert(target).path().to_owned())
 }
 
-/// Who is calling: anonymous on public routes (a credential there is not even
-/// looked at), otherwise the verified owner of the token in `Authorization`.
+/// The verified owner of the token in `Authorization`, or anonymous without one.
 async fn identify(
-    access: Access,
     request: &RequestHeader,
     authenticator: Option<&Authenticator>,
     metrics: &Metrics,
 ) -> Result<Caller, Rejection> {
-    if access == Access::Public {
-        return Ok(Caller::Anonymous);
-    }
     let mut values = request.headers.get_all(http::header::AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(Caller::Anonymous),
@@ -565,15 +638,6 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, Rejec
             }
             Ok(None) => return Ok(body),
             Err(_) => return Err(Rejection::BadRequest),
-        }
-    }
-}
-
-impl From<LimitError> for Rejection {
-    fn from(error: LimitError) -> Self {
-        match error {
-            LimitError::Exceeded(exceeded) => Self::RateLimited(Box::new(exceeded)),
-            LimitError::Unavailable(cause) => Self::LimitsUnavailable { cause },
         }
     }
 }
@@ -730,6 +794,19 @@ fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result
         // The inspected body may change length (stripped): send it chunked.
         upstream_request.remove_header(&http::header::CONTENT_LENGTH);
         upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    let cookies = crate::forwarding::cookies_for_backend(
+        upstream_request
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    );
+    if let Some(kept) = cookies {
+        upstream_request.remove_header(&http::header::COOKIE);
+        if let Some(kept) = kept {
+            upstream_request.insert_header(http::header::COOKIE, kept)?;
+        }
     }
     for (name, value) in client.headers(ctx.host.as_deref(), &ctx.request_id) {
         upstream_request.insert_header(name, value)?;

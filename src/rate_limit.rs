@@ -162,10 +162,13 @@ pub struct RateLimitSettings {
     pub login_failures: Option<Arc<LimitClass>>,
     /// How long a lockout lasts; zero: no lockouts (only `login` limits attempts).
     pub lockout: Duration,
+    /// Every second-factor code tried on the web login.
+    pub second_factor: Option<Arc<LimitClass>>,
 }
 
 pub const DEFAULT_LOGIN: &str = "20/min per ip";
 pub const DEFAULT_LOGIN_FAILURES: &str = "5/15min per login and 30/15min per ip";
+pub const DEFAULT_SECOND_FACTOR: &str = "10/15min per login and 50/15min per ip";
 pub const DEFAULT_LOCKOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
@@ -184,6 +187,9 @@ impl Default for RateLimitSettings {
                 .ok()
                 .map(Arc::new),
             lockout: DEFAULT_LOCKOUT,
+            second_factor: LimitClass::parse("second-factor", DEFAULT_SECOND_FACTOR)
+                .ok()
+                .map(Arc::new),
         }
     }
 }

@@ -59,6 +59,16 @@ pub enum Rejection {
     /// Rate limits could not be checked (Redis down and `on_store_error = "deny"`).
     #[error("rate limits cannot be checked: {cause}")]
     LimitsUnavailable { cause: String },
+    /// A browser without a session on a route that takes sessions: sent to the
+    /// login page (`location`), which brings it back.
+    #[error("no web-login session; browser sent to log in")]
+    SignIn { location: String },
+    /// A session that has not passed the second factor, on an `mfa` route.
+    #[error("the session has not passed the second factor")]
+    SecondFactorRequired,
+    /// A state-changing request carrying a session cookie, sent from another site.
+    #[error("cross-site request with a session cookie")]
+    CrossSite,
     #[error("backend `{backend}` refused or dropped the connection")]
     BackendUnreachable { backend: String },
     #[error("backend `{backend}` did not answer in time")]
@@ -178,6 +188,18 @@ impl Rejection {
                 r#"{"status":503,"message":"Service unavailable: the request cannot be checked right now, retry shortly."}"#,
                 RETRY_SOON,
             ),
+            // RFC 9110 §15.4.4: see other, by GET; the target is in `dynamic_headers()`.
+            Self::SignIn { .. } => (303, r#"{"status":303,"message":"Log in first."}"#, &[]),
+            Self::SecondFactorRequired => (
+                401,
+                r#"{"status":401,"message":"Authentication required: complete the second factor of the web login."}"#,
+                CHALLENGE,
+            ),
+            Self::CrossSite => (
+                403,
+                r#"{"status":403,"message":"Forbidden: cross-site request."}"#,
+                &[],
+            ),
             Self::Internal(_) => (500, r#"{"status":500,"message":"Internal error."}"#, &[]),
         };
         Refusal {
@@ -214,6 +236,7 @@ impl Rejection {
             Self::LockedOut { retry_after, .. } => {
                 vec![("retry-after", retry_after.max(&1).to_string())]
             }
+            Self::SignIn { location } => vec![("location", location.clone())],
             _ => Vec::new(),
         }
     }
@@ -322,5 +345,15 @@ mod tests {
             "www-authenticate",
             r#"Bearer realm="portcullis", error="invalid_token""#
         )));
+    }
+}
+
+impl From<crate::rate_limit::LimitError> for Rejection {
+    fn from(error: crate::rate_limit::LimitError) -> Self {
+        use crate::rate_limit::LimitError;
+        match error {
+            LimitError::Exceeded(exceeded) => Self::RateLimited(Box::new(exceeded)),
+            LimitError::Unavailable(cause) => Self::LimitsUnavailable { cause },
+        }
     }
 }

@@ -124,6 +124,8 @@ pub struct Route {
     /// Name of the backend that serves the route.
     pub backend: Arc<str>,
     pub access: Access,
+    /// Whether a session must have passed the second factor.
+    pub mfa: bool,
     /// Limit classes that apply, in order.
     pub rate_limits: Vec<Arc<crate::rate_limit::LimitClass>>,
 }
@@ -258,6 +260,7 @@ mod tests {
             path_prefix: normalize_prefix(prefix).expect("prefix"),
             backend: "b".into(),
             access: Access::Public,
+            mfa: true,
             rate_limits: Vec::new(),
         }
     }

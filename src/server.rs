@@ -29,6 +29,7 @@ pub use demo_backend::DemoBackend;
 use crate::audit::{Audit, AuditWriter};
 use crate::config::Config;
 use crate::identity::Authenticator;
+use crate::login::{LoginGuard, WebLogin};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Snapshot};
 use crate::rate_limit::RateLimiter;
@@ -48,6 +49,8 @@ pub enum StartError {
     Identity(#[from] crate::identity::StartError),
     #[error("rate limits: {0}")]
     RateLimits(#[from] crate::store::StoreError),
+    #[error("web login: {0}")]
+    WebLogin(#[from] crate::login::StartError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -93,6 +96,22 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
         config.redis.as_ref(),
         metrics.clone(),
     )?);
+    let guard = authenticator.clone().map(|authenticator| {
+        Arc::new(LoginGuard::new(
+            limiter.clone(),
+            authenticator,
+            metrics.clone(),
+            audit.clone(),
+        ))
+    });
+    let web_login = WebLogin::start(
+        config,
+        authenticator.clone(),
+        guard.clone(),
+        metrics.clone(),
+        audit.clone(),
+    )?
+    .map(Arc::new);
 
     let server_conf = ServerConf {
         threads: config.server.threads,
@@ -114,6 +133,8 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
             audit.clone(),
             authenticator.clone(),
             limiter.clone(),
+            guard,
+            web_login,
         ),
         "portcullis https",
     );

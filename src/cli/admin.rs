@@ -100,7 +100,7 @@ pub enum UserCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Set a new password; every token issued before stops working.
+    /// Set a new password; every token and web-login session begun before stops working.
     Passwd {
         email: String,
         #[arg(long)]
@@ -108,7 +108,7 @@ pub enum UserCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Deactivate a user: logins are refused and every token stops working.
+    /// Deactivate a user: logins are refused and every token and session stops working.
     Deactivate {
         email: String,
         #[command(flatten)]
@@ -123,6 +123,38 @@ pub enum UserCommand {
     /// Add or remove user roles.
     #[command(subcommand)]
     Roles(UserRolesCommand),
+    /// Second factors of the web login: show a user's, or reset them.
+    #[command(subcommand, name = "2fa")]
+    SecondFactor(SecondFactorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecondFactorCommand {
+    /// Whether the user has an authenticator app, and how many recovery codes are left.
+    Show {
+        email: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove the user's authenticator app and recovery codes (a lost phone) and
+    /// end their web-login sessions; their next login asks for an emailed code.
+    Reset {
+        email: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// End every web-login session of a user, on every instance (API tokens stay
+    /// valid; `token revoke` ends those).
+    Revoke {
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -534,8 +566,9 @@ pub fn user(command: UserCommand) -> ExitCode {
         UserCommand::Show { email, config } => {
             with_directory(&config.config, async |_, directory| {
                 let user = directory.user(&email).await?;
+                let second = directory.second_factor(&email).await?;
                 Ok(format!(
-                    "user           {}\nid             {}\naccount        {} (id {})\nactive         {}\nroles          {}\naccount roles  {}\ncreated        {}\nchanged        {}\ntokens since   {}",
+                    "user           {}\nid             {}\naccount        {} (id {})\nactive         {}\nroles          {}\naccount roles  {}\ncreated        {}\nchanged        {}\ntokens since   {}\nsessions since {}\n2fa            {}",
                     user.email,
                     user.id,
                     user.account_name,
@@ -550,6 +583,12 @@ pub fn user(command: UserCommand) -> ExitCode {
                     } else {
                         timestamp(user.tokens_not_before)
                     },
+                    if user.sessions_not_before == 0 {
+                        "-".into()
+                    } else {
+                        timestamp(user.sessions_not_before)
+                    },
+                    second_factor_text(&second),
                 ))
             })
         }
@@ -562,13 +601,13 @@ pub fn user(command: UserCommand) -> ExitCode {
             let hash = new_hash(config, password_stdin)?;
             directory.set_password(&email, &hash).await?;
             Ok(format!(
-                "password of `{email}` changed; earlier tokens no longer work"
+                "password of `{email}` changed; earlier tokens and sessions no longer work"
             ))
         }),
         UserCommand::Deactivate { email, config } => {
             with_directory(&config.config, async |_, directory| {
                 Ok(if directory.set_active(&email, false).await? {
-                    format!("`{email}` deactivated; its tokens no longer work")
+                    format!("`{email}` deactivated; its tokens and sessions no longer work")
                 } else {
                     format!("`{email}` was already inactive")
                 })
@@ -593,6 +632,53 @@ pub fn user(command: UserCommand) -> ExitCode {
                     .change_user_role(&args.email, &args.role, change, args.new_role)
                     .await?;
                 Ok(role_message(changed, change, &args.role, &args.email))
+            })
+        }
+        UserCommand::SecondFactor(SecondFactorCommand::Show { email, config }) => {
+            with_directory(&config.config, async |_, directory| {
+                let second = directory.second_factor(&email).await?;
+                Ok(format!(
+                    "`{}`: {}",
+                    email.trim().to_lowercase(),
+                    second_factor_text(&second)
+                ))
+            })
+        }
+        UserCommand::SecondFactor(SecondFactorCommand::Reset { email, config }) => {
+            with_directory(&config.config, async |_, directory| {
+                let removed = directory.reset_second_factor(&email).await?;
+                Ok(if removed {
+                    format!(
+                        "authenticator app and recovery codes of `{email}` removed; its sessions ended; the next login asks for an emailed code"
+                    )
+                } else {
+                    format!("`{email}` had no authenticator app; its sessions ended")
+                })
+            })
+        }
+    }
+}
+
+/// `authenticator app since …, N recovery codes left`, or emailed codes only.
+fn second_factor_text(state: &crate::directory::SecondFactorState) -> String {
+    match state.totp_enrolled_at {
+        Some(at) => format!(
+            "authenticator app since {}, {} recovery codes left",
+            timestamp(at),
+            state.recovery_codes_left
+        ),
+        None => "emailed codes (no authenticator app)".to_owned(),
+    }
+}
+
+pub fn session(command: SessionCommand) -> ExitCode {
+    match command {
+        SessionCommand::Revoke { user, config } => {
+            with_directory(&config.config, async |_, directory| {
+                let id = directory.revoke_sessions(&user).await?;
+                Ok(format!(
+                    "every web-login session of `{user}` (id {id}) begun until now is ended"
+                ))
             })
         }
     }

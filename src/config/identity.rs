@@ -73,7 +73,7 @@ pub struct IdentityHeaderSettings {
 }
 
 impl Check<'_> {
-    fn secret(
+    pub(super) fn secret(
         &mut self,
         text: &toml::Spanned<String>,
         key: &str,

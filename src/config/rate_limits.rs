@@ -118,6 +118,11 @@ impl Check<'_> {
             "login-failures",
             defaults.login_failures,
         );
+        let second_factor = self.login_class(
+            raw.second_factor.as_ref(),
+            "second-factor",
+            defaults.second_factor,
+        );
         let lockout = self.duration(
             raw.lockout,
             defaults.lockout,
@@ -135,6 +140,7 @@ impl Check<'_> {
             login,
             login_failures,
             lockout,
+            second_factor,
         }
     }
 

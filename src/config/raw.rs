@@ -26,6 +26,8 @@ pub const SECTIONS: &[&str] = &[
     "identity_headers",
     "policies",
     "rate_limits",
+    "web_login",
+    "mail",
     "backends",
     "route",
 ];
@@ -97,6 +99,34 @@ pub struct Directory {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct WebLogin {
+    pub path: Option<Spanned<String>>,
+    pub logout_path: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
+    pub title: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<DurationText>>,
+    pub absolute_timeout: Option<Spanned<DurationText>>,
+    pub max_sessions: Option<Spanned<i64>>,
+    pub code_lifetime: Option<Spanned<DurationText>>,
+    pub code_attempts: Option<Spanned<i64>>,
+    pub totp: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mail {
+    pub from: Option<Spanned<String>>,
+    pub outbox: Option<Spanned<String>>,
+    pub smtp_host: Option<Spanned<String>>,
+    pub smtp_port: Option<Spanned<i64>>,
+    pub smtp_tls: Option<Spanned<String>>,
+    pub smtp_username: Option<Spanned<String>>,
+    pub smtp_password: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<DurationText>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FlexMeasures {
     pub secret_key: Option<Spanned<String>>,
     pub secret_key_fallbacks: Option<Spanned<StringList>>,
@@ -143,6 +173,7 @@ pub struct RateLimits {
     pub default: Option<Spanned<StringList>>,
     pub login: Option<Spanned<String>>,
     pub login_failures: Option<Spanned<String>>,
+    pub second_factor: Option<Spanned<String>>,
     pub lockout: Option<Spanned<DurationText>>,
     pub classes: Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>,
 }
@@ -182,6 +213,7 @@ pub struct Route {
     pub path_prefix: Spanned<String>,
     pub backend: Spanned<String>,
     pub auth: Spanned<String>,
+    pub mfa: Option<Spanned<bool>>,
     pub rate_limit: Option<Spanned<StringList>>,
 }
 

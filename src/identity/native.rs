@@ -18,9 +18,9 @@ use moka::sync::Cache;
 
 use super::blocking::BlockingPool;
 use super::{
-    Identity, IdentityError, Issued, LoginAttempt, LoginError, OwnedRuntime, StartError,
-    VerificationPath, Verified, feed, migrate_now, on_runtime, open_directory, password,
-    start_runtime,
+    Identity, IdentityError, Issued, LoginAttempt, LoginError, OwnedRuntime, SessionHolder,
+    StartError, VerificationPath, Verified, feed, migrate_now, on_runtime, open_directory,
+    password, start_runtime,
 };
 use crate::config::Config;
 use crate::directory::{self, Change, Directory, User, UserId};
@@ -34,6 +34,7 @@ struct CachedUser {
     identity: Arc<Identity>,
     active: bool,
     not_before: i64,
+    sessions_not_before: i64,
     password_hash: Secret<String>,
     fingerprint: [u8; 32],
 }
@@ -199,7 +200,7 @@ impl Native {
             let user = self.user(verified.user_id).await?;
             check_user(&user, verified.issued_at)?;
             // SECURITY: the password changed since this token was verified.
-            if !constant_time_eq(&user.fingerprint, &verified.fingerprint) {
+            if !crate::secret::constant_time_eq(&user.fingerprint, &verified.fingerprint) {
                 self.caches.tokens.invalidate(&digest);
                 return Err(IdentityError::Invalid("password changed"));
             }
@@ -276,6 +277,47 @@ impl Native {
 
     /// Checks an email and password and issues a token (`POST /api/requestAuthToken`).
     pub async fn login(&self, attempt: LoginAttempt) -> Result<Issued, LoginError> {
+        let (user, crypt) = self.verify_password(attempt).await?;
+        // A token issued in the second of a revocation would be refused; date it at
+        // the not-before time instead (at most a second ahead, within the skew).
+        let issued_at = directory::now().max(user.tokens_not_before);
+        Ok(Issued {
+            token: Secret::new(self.keys.issue(user.id, &crypt, issued_at)),
+            user_id: user.id,
+        })
+    }
+
+    /// Checks an email and password for the web login: the active user they belong to.
+    pub async fn check_password(&self, attempt: LoginAttempt) -> Result<User, LoginError> {
+        self.verify_password(attempt).await.map(|(user, _)| user)
+    }
+
+    /// The user behind a web-login session, as the caches know them.
+    pub async fn session_holder(&self, id: UserId) -> Result<SessionHolder, IdentityError> {
+        let user = self.user(id).await?;
+        Ok(SessionHolder {
+            identity: user.identity.clone(),
+            active: user.active,
+            fingerprint: user.fingerprint,
+            sessions_not_before: user.sessions_not_before,
+        })
+    }
+
+    /// Runs directory work (second factors) on the identity runtime.
+    pub async fn on_directory<T, F>(
+        &self,
+        work: impl FnOnce(Arc<Directory>) -> F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        on_runtime(&self.handle, work(self.directory.clone())).await
+    }
+
+    /// The password check both logins share: the user and the sha256_crypt of their
+    /// password hash, for a token.
+    async fn verify_password(&self, attempt: LoginAttempt) -> Result<(User, String), LoginError> {
         let password = attempt.password;
         let directory = self.directory.clone();
         let email = attempt.email;
@@ -305,13 +347,7 @@ impl Native {
         if !user.active || crypt.is_empty() {
             return Err(LoginError::BadCredentials);
         }
-        // A token issued in the second of a revocation would be refused; date it at
-        // the not-before time instead (at most a second ahead, within the skew).
-        let issued_at = directory::now().max(user.tokens_not_before);
-        Ok(Issued {
-            token: Secret::new(self.keys.issue(user.id, &crypt, issued_at)),
-            user_id: user.id,
-        })
+        Ok((user, crypt))
     }
 }
 
@@ -334,6 +370,7 @@ fn cached(user: User) -> CachedUser {
         }),
         active: user.active,
         not_before: user.tokens_not_before,
+        sessions_not_before: user.sessions_not_before,
         password_hash: user.password_hash,
     }
 }
@@ -346,8 +383,4 @@ fn check_user(user: &CachedUser, issued_at: i64) -> Result<(), IdentityError> {
         return Err(IdentityError::Invalid("token revoked"));
     }
     Ok(())
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -122,6 +122,7 @@ mod tests {
             template: Template::parse(path).expect("template"),
             backend: "b".into(),
             access: Access::Token,
+            mfa: true,
             permission: None,
             allow: Allow {
                 any_of: allow

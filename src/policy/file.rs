@@ -7,6 +7,7 @@
 //! host = "*"                               # optional: `*`, `name`, `*.name`
 //! backend = "flexmeasures"
 //! auth = "token"                           # public | token | session | token-or-session
+//! mfa = true                               # sessions must have passed the second factor (default)
 //! permission = "read"                      # optional; else from the method
 //! allow = ["account:{owner}", ["role:consultant", "account:{consultancy}"]]
 //! mode = "enforce"                         # or "shadow": log would-be refusals only
@@ -54,6 +55,7 @@ struct RawRule {
     host: Option<Spanned<String>>,
     backend: Spanned<String>,
     auth: Option<Spanned<String>>,
+    mfa: Option<Spanned<bool>>,
     permission: Option<Spanned<String>>,
     allow: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
@@ -69,6 +71,7 @@ const RULE_KEYS: &[&str] = &[
     "host",
     "backend",
     "auth",
+    "mfa",
     "permission",
     "allow",
     "mode",
@@ -614,6 +617,19 @@ impl FileCheck<'_> {
                 Access::Token
             }),
         };
+        if let Some(mfa) = &raw.mfa
+            && !matches!(access, Access::Session | Access::TokenOrSession)
+        {
+            self.error(
+                Problem::warning(format!(
+                    "`mfa` only applies to session rules; this one is `{}`",
+                    access.name()
+                ))
+                .at(mfa.span())
+                .help("remove `mfa`, or set `auth = \"session\"` or `\"token-or-session\"`"),
+            );
+        }
+        let mfa = raw.mfa.as_ref().is_none_or(|mfa| *mfa.get_ref());
         let permission = raw.permission.as_ref().and_then(|text| {
             let parsed = Permission::parse(text.get_ref());
             if parsed.is_none() {
@@ -695,6 +711,7 @@ impl FileCheck<'_> {
             template,
             backend: backend.into(),
             access,
+            mfa,
             permission,
             allow,
             mode,

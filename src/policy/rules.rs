@@ -142,6 +142,8 @@ pub struct Rule {
     pub template: Template,
     pub backend: Arc<str>,
     pub access: Access,
+    /// Whether a session must have passed the second factor.
+    pub mfa: bool,
     /// `None`: the method's ([`Permission::of_method`]).
     pub permission: Option<Permission>,
     pub allow: Allow,
@@ -351,6 +353,7 @@ mod tests {
             template: Template::parse(template).expect("template"),
             backend: "b".into(),
             access: Access::Token,
+            mfa: true,
             permission: None,
             allow: Allow {
                 any_of: allow

@@ -28,6 +28,10 @@ pub struct RequestContext {
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// The user the login endpoint issued a token to.
     pub issued_to: Option<crate::directory::UserId>,
+    /// What a web-login page did, when the gateway answered with one.
+    pub page: Option<&'static str>,
+    /// The user that page was about.
+    pub page_user: Option<crate::directory::UserId>,
     /// Set only by `authorize`; `upstream_peer` refuses to run without it.
     pub permit: Option<Permit>,
     /// Why the gateway answered itself, for the log.
@@ -53,6 +57,8 @@ impl RequestContext {
             route: None,
             identity: None,
             issued_to: None,
+            page: None,
+            page_user: None,
             permit: None,
             refusal: None,
             body_guard: None,

@@ -75,6 +75,44 @@ pub async fn issued(
     Ok(())
 }
 
+/// A page of the web login (or its redirect), with the headers every page has:
+/// the Content-Security-Policy, no caching, no framing, no referrer beyond the site.
+pub async fn page(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    answer: crate::login::Answer,
+) -> Result<()> {
+    ctx.page = Some(answer.note);
+    ctx.page_user = answer.user;
+    let mut header = ResponseHeader::build(answer.status, Some(12))?;
+    if !answer.html.is_empty() {
+        header.insert_header(CONTENT_TYPE, "text/html; charset=utf-8")?;
+    }
+    header.insert_header(CONTENT_LENGTH, answer.html.len().to_string())?;
+    header.insert_header(CACHE_CONTROL, "no-store")?;
+    header.insert_header(
+        "content-security-policy",
+        crate::login::pages::CONTENT_SECURITY_POLICY.as_str(),
+    )?;
+    header.insert_header("x-frame-options", "DENY")?;
+    header.insert_header("referrer-policy", "same-origin")?;
+    for (name, value) in answer.headers {
+        // Several cookies are several headers (RFC 6265 §3).
+        header.append_header(name, value)?;
+    }
+    secure(&mut header, ctx)?;
+    let head_only = session.req_header().method == http::Method::HEAD || answer.html.is_empty();
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from(answer.html)), true)
+            .await?;
+    }
+    Ok(())
+}
+
 /// HSTS and the request id on every TLS response (RFC 6797 §7.1); `nosniff` unless the
 /// backend chose otherwise.
 pub fn secure(header: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
@@ -155,6 +193,7 @@ pub fn log(
     let latency_ms = seconds * 1000.0;
     let decision = match (ctx.permit.is_some(), ctx.refusal.is_some()) {
         _ if ctx.issued_to.is_some() => Decision::TokenIssued,
+        _ if ctx.page.is_some() => Decision::Page,
         (true, false) => Decision::Allowed,
         (true, true) => Decision::Failed,
         (false, _) => Decision::Refused,
@@ -164,6 +203,7 @@ pub fn log(
         .as_ref()
         .map(|identity| identity.user_id)
         .or(ctx.issued_to)
+        .or(ctx.page_user)
         .map(|id| id.to_string());
     let account = ctx
         .identity
@@ -184,6 +224,7 @@ pub fn log(
         ctx.permit
             .as_ref()
             .and_then(|permit| permit.because())
+            .or(ctx.page)
             .map(str::to_owned)
     });
     audit.record(&DecisionRecord {

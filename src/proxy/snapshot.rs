@@ -28,6 +28,8 @@ pub struct Snapshot {
     login_limits: Vec<Arc<LimitClass>>,
     /// Failed login attempts count against these, then lock out.
     login_failures: Vec<Arc<LimitClass>>,
+    /// Every second-factor code tried (and mailed) on the web login.
+    second_factor: Vec<Arc<LimitClass>>,
     /// How long a lockout lasts; zero: none.
     lockout: std::time::Duration,
     /// In front of FlexMeasures: what happens to tokens outside `Authorization`, and
@@ -53,6 +55,7 @@ impl Snapshot {
             trusted_proxies: config.server.trusted_proxies.clone(),
             login_limits: config.rate_limits.login.iter().cloned().collect(),
             login_failures: config.rate_limits.login_failures.iter().cloned().collect(),
+            second_factor: config.rate_limits.second_factor.iter().cloned().collect(),
             lockout: config.rate_limits.lockout,
             token_guard: config
                 .flexmeasures
@@ -85,6 +88,10 @@ impl Snapshot {
 
     pub fn login_failures(&self) -> &[Arc<LimitClass>] {
         &self.login_failures
+    }
+
+    pub fn second_factor(&self) -> &[Arc<LimitClass>] {
+        &self.second_factor
     }
 
     pub fn lockout(&self) -> std::time::Duration {

@@ -169,6 +169,38 @@ impl Cluster {
         self.query::<i64>(&command).await.map(drop)
     }
 
+    fn session_key(&self, id_digest: &str) -> String {
+        format!("{}:session:{id_digest}", self.prefix)
+    }
+
+    /// A web-login session by the digest of its id.
+    pub async fn session(&self, id_digest: &str) -> Result<Option<String>, StoreError> {
+        self.query(redis::cmd("GET").arg(self.session_key(id_digest)))
+            .await
+    }
+
+    /// Stores a session that expires after `idle` unless written again.
+    pub async fn save_session(
+        &self,
+        id_digest: &str,
+        value: &str,
+        idle: Duration,
+    ) -> Result<(), StoreError> {
+        let mut command = redis::cmd("SET");
+        command
+            .arg(self.session_key(id_digest))
+            .arg(value)
+            .arg("PX")
+            .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.query::<String>(&command).await.map(drop)
+    }
+
+    pub async fn remove_session(&self, id_digest: &str) -> Result<(), StoreError> {
+        self.query::<i64>(redis::cmd("DEL").arg(self.session_key(id_digest)))
+            .await
+            .map(drop)
+    }
+
     /// A key name under this deployment's prefix.
     pub fn key(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)

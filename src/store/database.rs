@@ -13,7 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
 use super::StoreError;
-use crate::directory::{Account, AccountId, Change, User, UserId};
+use crate::directory::{Account, AccountId, Change, TotpEnrollment, User, UserId};
 use crate::rate_limit::lockout::Lockout;
 use crate::secret::Secret;
 
@@ -64,9 +64,9 @@ macro_rules! insert_roles {
     };
 }
 
-type UserRow = (i64, i64, String, String, bool, String, i64, i64, i64);
+type UserRow = (i64, i64, String, String, bool, String, i64, i64, i64, i64);
 const USER_COLUMNS: &str = "SELECT u.id, u.account_id, a.name, u.email, u.active, \
-     u.password_hash, u.tokens_not_before, u.created_at, u.changed_at \
+     u.password_hash, u.tokens_not_before, u.sessions_not_before, u.created_at, u.changed_at \
      FROM users u JOIN accounts a ON a.id = u.account_id";
 
 fn unavailable(error: sqlx::Error) -> StoreError {
@@ -350,8 +350,18 @@ impl Database {
     }
 
     async fn complete(&self, row: Option<UserRow>) -> Result<Option<User>, StoreError> {
-        let Some((id, account_id, account_name, email, active, hash, not_before, created, changed)) =
-            row
+        let Some((
+            id,
+            account_id,
+            account_name,
+            email,
+            active,
+            hash,
+            not_before,
+            sessions_not_before,
+            created,
+            changed,
+        )) = row
         else {
             return Ok(None);
         };
@@ -365,6 +375,7 @@ impl Database {
             active,
             password_hash: Secret::new(hash),
             tokens_not_before: not_before,
+            sessions_not_before,
             created_at: created,
             changed_at: changed,
         }))
@@ -378,7 +389,8 @@ impl Database {
         now: i64,
     ) -> Result<bool, StoreError> {
         self.update_user(
-            "UPDATE users SET password_hash = $1, tokens_not_before = $2, changed_at = $2 \
+            "UPDATE users SET password_hash = $1, tokens_not_before = $2, \
+             sessions_not_before = $2, changed_at = $2 \
              WHERE id = $3",
             password_hash.to_owned(),
             user,
@@ -397,8 +409,8 @@ impl Database {
         let sql = if active {
             "UPDATE users SET active = TRUE, changed_at = $2 WHERE id = $3 AND $1 = $1"
         } else {
-            "UPDATE users SET active = FALSE, tokens_not_before = $2, changed_at = $2 \
-             WHERE id = $3 AND $1 = $1"
+            "UPDATE users SET active = FALSE, tokens_not_before = $2, \
+             sessions_not_before = $2, changed_at = $2 WHERE id = $3 AND $1 = $1"
         };
         self.update_user(sql, String::new(), user, now).await
     }
@@ -412,6 +424,146 @@ impl Database {
             now,
         )
         .await
+    }
+
+    /// Ends every web-login session of `user` begun before `now`.
+    pub async fn revoke_sessions(&self, user: UserId, now: i64) -> Result<bool, StoreError> {
+        self.update_user(
+            "UPDATE users SET sessions_not_before = $2, changed_at = $2 WHERE id = $3 AND $1 = $1",
+            String::new(),
+            user,
+            now,
+        )
+        .await
+    }
+
+    /// The user's authenticator app, if one is enrolled: sealed secret, last step
+    /// used, enrollment time.
+    pub async fn totp(&self, user: UserId) -> Result<Option<TotpEnrollment>, StoreError> {
+        let row: Option<(String, i64, i64)> = on_engine!(self, pool => sqlx::query_as(
+            "SELECT sealed_secret, last_step, enrolled_at FROM totp_enrollments WHERE user_id = $1",
+        )
+        .bind(user)
+        .fetch_optional(pool)
+        .await)
+        .map_err(unavailable)?;
+        Ok(
+            row.map(|(sealed_secret, last_step, enrolled_at)| TotpEnrollment {
+                sealed_secret,
+                last_step,
+                enrolled_at,
+            }),
+        )
+    }
+
+    /// Enrolls an authenticator app with fresh recovery codes, replacing any earlier
+    /// ones; `step` is the time step of the code that confirmed it (used up).
+    pub async fn enroll_totp(
+        &self,
+        user: UserId,
+        sealed_secret: &str,
+        step: i64,
+        recovery_hashes: &[String],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        on_engine!(self, pool => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            for sql in [
+                "DELETE FROM totp_enrollments WHERE user_id = $1",
+                "DELETE FROM recovery_codes WHERE user_id = $1",
+            ] {
+                sqlx::query(sql).bind(user).execute(&mut *tx).await.map_err(unavailable)?;
+            }
+            sqlx::query(
+                "INSERT INTO totp_enrollments (user_id, sealed_secret, last_step, enrolled_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(user)
+            .bind(sealed_secret)
+            .bind(step)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            insert_roles!(tx, "INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)", user, recovery_hashes);
+            record_change!(tx, Some(user), None::<i64>, now);
+            tx.commit().await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    /// Uses up TOTP time step `step`: true only if no later or equal step was used
+    /// before (one atomic update, so two instances cannot both accept a code).
+    pub async fn use_totp_step(&self, user: UserId, step: i64) -> Result<bool, StoreError> {
+        on_engine!(self, pool => sqlx::query(
+            "UPDATE totp_enrollments SET last_step = $2 WHERE user_id = $1 AND last_step < $2",
+        )
+        .bind(user)
+        .bind(step)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected() > 0))
+        .map_err(unavailable)
+    }
+
+    /// Uses up a recovery code by its hash: true only the first time.
+    pub async fn use_recovery_code(
+        &self,
+        user: UserId,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        on_engine!(self, pool => sqlx::query(
+            "UPDATE recovery_codes SET used_at = $3 \
+             WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+        )
+        .bind(user)
+        .bind(code_hash)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected() > 0))
+        .map_err(unavailable)
+    }
+
+    /// How many recovery codes of the user are still unused.
+    pub async fn recovery_codes_left(&self, user: UserId) -> Result<i64, StoreError> {
+        let (count,): (i64,) = on_engine!(self, pool => sqlx::query_as(
+            "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+        )
+        .bind(user)
+        .fetch_one(pool)
+        .await)
+        .map_err(unavailable)?;
+        Ok(count)
+    }
+
+    /// Removes the authenticator app and recovery codes and ends the user's sessions.
+    pub async fn reset_second_factor(&self, user: UserId, now: i64) -> Result<bool, StoreError> {
+        on_engine!(self, pool => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let mut removed = 0;
+            for sql in [
+                "DELETE FROM totp_enrollments WHERE user_id = $1",
+                "DELETE FROM recovery_codes WHERE user_id = $1",
+            ] {
+                removed += sqlx::query(sql)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+            }
+            sqlx::query("UPDATE users SET sessions_not_before = $1, changed_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(user)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            record_change!(tx, Some(user), None::<i64>, now);
+            tx.commit().await.map_err(unavailable)?;
+            Ok(removed > 0)
+        })
     }
 
     /// Runs one `UPDATE users` with binds `$1` text, `$2` now, `$3` user id, and

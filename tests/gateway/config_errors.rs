@@ -272,6 +272,10 @@ fn example_configuration_is_valid_and_documents_every_key() {
             format!("file:{}", key.display()),
         ),
         (
+            "PORTCULLIS__WEB_LOGIN__SECRET".to_owned(),
+            format!("file:{}", key.display()),
+        ),
+        (
             "PORTCULLIS__IDENTITY_HEADERS__SIGNING_SECRET".to_owned(),
             format!("file:{}", key.display()),
         ),

@@ -28,3 +28,4 @@ mod redirect;
 mod responses;
 mod shutdown;
 mod tokens;
+mod web_login;
