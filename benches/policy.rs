@@ -28,6 +28,7 @@ fn rules(count: usize) -> RuleSet {
             .expect("template"),
             backend: "app".into(),
             access: Access::Token,
+            mfa: true,
             permission: None,
             allow: Allow {
                 any_of: vec![

@@ -839,21 +839,10 @@ impl WebLogin {
         };
         match pending.method {
             Method::Email => {
-                let Some(expected) = pending.code_hash.clone() else {
-                    return Ok(None);
-                };
-                let submitted = digest_hex(&format!("{}:{code}", session.salt));
-                let matches =
-                    crate::secret::constant_time_eq(expected.as_bytes(), submitted.as_bytes());
-                if matches && now <= pending.expires {
-                    session.pending = None;
-                    return Ok(Some("email code"));
-                }
-                pending.attempts += 1;
-                if pending.attempts >= self.settings.code_attempts || now > pending.expires {
-                    session.pending = None;
-                }
-                Ok(None)
+                Ok(
+                    check_emailed_code(session, code, now, self.settings.code_attempts)
+                        .then_some("email code"),
+                )
             }
             Method::Totp => {
                 let user = session.user;
@@ -1162,6 +1151,30 @@ impl Csrf {
     }
 }
 
+/// Checks an emailed code against the session's pending one. A right code within
+/// its lifetime passes and is used up; a wrong one counts, and the code is dropped
+/// after `max_attempts` wrong ones or once expired.
+fn check_emailed_code(session: &mut Session, code: &str, now: i64, max_attempts: u32) -> bool {
+    let Some(pending) = session.pending.as_mut() else {
+        return false;
+    };
+    let Some(expected) = pending.code_hash.as_deref() else {
+        return false;
+    };
+    let submitted = digest_hex(&format!("{}:{code}", session.salt));
+    // SECURITY: constant time, and an expired code fails even when it matches.
+    let matches = crate::secret::constant_time_eq(expected.as_bytes(), submitted.as_bytes());
+    if matches && now <= pending.expires {
+        session.pending = None;
+        return true;
+    }
+    pending.attempts += 1;
+    if pending.attempts >= max_attempts || now > pending.expires {
+        session.pending = None;
+    }
+    false
+}
+
 fn session_cookie(id: &SessionId) -> String {
     format!(
         "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax",
@@ -1457,6 +1470,60 @@ mod tests {
         assert_eq!(form.get("next"), Some("/ui"));
         assert_eq!(form.get("bad"), Some("%zz"));
         assert_eq!(form.get("missing"), None);
+    }
+
+    fn waiting_for(code: &str, expires: i64) -> Session {
+        let salt = "salt".to_owned();
+        Session {
+            user: 1,
+            created: 0,
+            seen: 0,
+            stage: Stage::Password,
+            fingerprint: String::new(),
+            pending: Some(Pending {
+                method: Method::Email,
+                code_hash: Some(digest_hex(&format!("{salt}:{code}"))),
+                expires,
+                attempts: 0,
+                sent_at: 0,
+            }),
+            enrolling: None,
+            salt,
+        }
+    }
+
+    #[test]
+    fn an_emailed_code_passes_once_within_its_lifetime() {
+        let mut session = waiting_for("123456", 300);
+        assert!(check_emailed_code(&mut session, "123456", 300, 5));
+        assert!(
+            !check_emailed_code(&mut session, "123456", 300, 5),
+            "replayed"
+        );
+        assert_eq!(session.pending, None);
+    }
+
+    #[test]
+    fn an_expired_emailed_code_fails_and_is_dropped() {
+        let mut session = waiting_for("123456", 300);
+        assert!(!check_emailed_code(&mut session, "123456", 301, 5));
+        assert_eq!(session.pending, None);
+        assert!(!check_emailed_code(&mut session, "123456", 200, 5));
+    }
+
+    #[test]
+    fn wrong_emailed_codes_use_the_code_up() {
+        let mut session = waiting_for("123456", 300);
+        for attempt in 1..=4 {
+            assert!(!check_emailed_code(&mut session, "654321", 10, 5));
+            assert_eq!(session.pending.as_ref().map(|p| p.attempts), Some(attempt));
+        }
+        assert!(!check_emailed_code(&mut session, "654321", 10, 5));
+        assert_eq!(session.pending, None, "fifth wrong code");
+        assert!(
+            !check_emailed_code(&mut session, "123456", 10, 5),
+            "even the right code now"
+        );
     }
 
     #[test]

@@ -242,6 +242,16 @@ impl Rejection {
     }
 }
 
+impl From<crate::rate_limit::LimitError> for Rejection {
+    fn from(error: crate::rate_limit::LimitError) -> Self {
+        use crate::rate_limit::LimitError;
+        match error {
+            LimitError::Exceeded(exceeded) => Self::RateLimited(Box::new(exceeded)),
+            LimitError::Unavailable(cause) => Self::LimitsUnavailable { cause },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,15 +355,5 @@ mod tests {
             "www-authenticate",
             r#"Bearer realm="portcullis", error="invalid_token""#
         )));
-    }
-}
-
-impl From<crate::rate_limit::LimitError> for Rejection {
-    fn from(error: crate::rate_limit::LimitError) -> Self {
-        use crate::rate_limit::LimitError;
-        match error {
-            LimitError::Exceeded(exceeded) => Self::RateLimited(Box::new(exceeded)),
-            LimitError::Unavailable(cause) => Self::LimitsUnavailable { cause },
-        }
     }
 }

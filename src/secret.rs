@@ -124,6 +124,12 @@ impl fmt::Display for SecretSource {
     }
 }
 
+/// Compares two byte strings in time that depends only on their lengths (which are
+/// public here: digests, codes of a fixed size).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,10 +170,4 @@ mod tests {
             Err(SecretError::TooShort(_))
         ));
     }
-}
-
-/// Compares two byte strings in time that depends only on their lengths (which are
-/// public here: digests, codes of a fixed size).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

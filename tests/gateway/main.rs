@@ -13,6 +13,7 @@ mod users;
 
 mod admin;
 mod audit;
+mod browser;
 mod canonical_paths;
 mod certificates;
 mod config_errors;

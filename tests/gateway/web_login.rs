@@ -525,7 +525,7 @@ async fn password_and_mailed_code_open_a_session_that_reaches_ui_routes() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     let received = backend.received().into_iter().last().expect("forwarded");
     assert_eq!(received.target, "/ui/dashboard?tab=2");
-    assert_eq!(received.header("x-portcullis-account-id").is_some(), true);
+    assert!(received.header("x-portcullis-account-id").is_some());
     assert!(received.header("x-portcullis-user-id").is_some());
     assert_eq!(
         received.header("cookie"),
