@@ -270,7 +270,6 @@ impl WebLogin {
     }
 
     fn is_good(&self, session: &Session, holder: &SessionHolder, now: i64) -> bool {
-        let seconds = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         let fingerprint = data_encoding::HEXLOWER.encode(&holder.fingerprint);
         now.saturating_sub(session.created) <= seconds(self.settings.absolute_timeout)
             && now.saturating_sub(session.seen) <= seconds(self.settings.idle_timeout)
@@ -509,13 +508,8 @@ impl WebLogin {
             let _ = self.sessions.remove(&old.id).await;
         }
         let now = crate::directory::now();
-        let fingerprint = {
-            let digest = ring::digest::digest(
-                &ring::digest::SHA256,
-                user.password_hash.expose().as_bytes(),
-            );
-            data_encoding::HEXLOWER.encode(digest.as_ref())
-        };
+        let fingerprint =
+            data_encoding::HEXLOWER.encode(&crate::identity::native::password_fingerprint(&user));
         let mut session = Session {
             user: user.id,
             // Revocations date themselves a second ahead; a session begun in that

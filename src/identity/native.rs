@@ -48,6 +48,12 @@ struct VerifiedToken {
     fingerprint: [u8; 32],
 }
 
+/// SHA-256 of the user's password hash: what tokens and sessions were checked
+/// against, so a password change is noticed without keeping the hash.
+pub fn password_fingerprint(user: &User) -> [u8; 32] {
+    sha256(user.password_hash.expose().as_bytes())
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut out = [0u8; 32];
@@ -360,7 +366,7 @@ impl Drop for Native {
 
 fn cached(user: User) -> CachedUser {
     CachedUser {
-        fingerprint: sha256(user.password_hash.expose().as_bytes()),
+        fingerprint: password_fingerprint(&user),
         identity: Arc::new(Identity {
             user_id: user.id,
             account_id: user.account_id,

@@ -340,7 +340,7 @@ fn shared_section(url: &str, prefix: &str, spec: &str, on_store_error: &str) -> 
     )
 }
 
-fn unique_prefix(name: &str) -> String {
+pub fn unique_prefix(name: &str) -> String {
     format!("test-{name}-{}", uuid::Uuid::new_v4().simple())
 }
 

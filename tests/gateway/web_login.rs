@@ -1041,3 +1041,94 @@ async fn second_factor_attempts_are_limited() {
     assert!(reply.header("retry-after").is_some());
     assert!(reply.text().contains("Too many attempts"));
 }
+
+/// `GET /ui` on `gateway` as a browser holding `session`; returns the status.
+async fn ui_with(gateway: &TestGateway, session: &str) -> u16 {
+    gateway
+        .tls()
+        .get(
+            "/ui",
+            &format!("Accept: text/html\r\nCookie: __Host-portcullis-session={session}\r\n"),
+        )
+        .await
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_in_redis_hold_across_instances_and_end_on_all() {
+    let backend = EchoBackend::start();
+    let smtp = SmtpReceiver::start();
+    let database = super::users::PostgresDatabase::create();
+    let stores = Stores {
+        postgres: Some(database.url.clone()),
+        redis: Some((
+            super::users::redis_url(),
+            super::rate_limits::unique_prefix("sessions"),
+        )),
+        ..Stores::sqlite()
+    };
+    let first = web_gateway(&stores, backend.address, smtp.address);
+    let second = web_gateway(&stores, backend.address, smtp.address);
+    seed(&first.config);
+
+    // The password on one instance, the code on the other: one session.
+    let mut browser = Browser::new(&first);
+    let page = browser.get("/login").await;
+    let csrf = field(&page.text(), "csrf");
+    let reply = browser
+        .post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("email", "ann@example.com"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 303);
+    let mut elsewhere = Browser::new(&second);
+    elsewhere.cookies = browser.cookies.clone();
+    let reply = elsewhere
+        .post(
+            "/login/verify",
+            &[
+                ("csrf", &csrf),
+                ("action", "verify"),
+                ("code", &smtp.code(1)),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 303, "{}", reply.text());
+    let session = elsewhere.session().expect("session");
+    assert_eq!(ui_with(&first, &session).await, 200);
+    assert_eq!(ui_with(&second, &session).await, 200);
+
+    // Logging out on one instance ends the session on both.
+    let reply = elsewhere.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(ui_with(&first, &session).await, 303);
+    assert_eq!(ui_with(&second, &session).await, 303);
+
+    // `session revoke` reaches both instances.
+    let mut browser = Browser::new(&second);
+    assert_eq!(
+        log_in(&mut browser, &smtp, "ann@example.com", "/ui")
+            .await
+            .status,
+        303
+    );
+    let session = browser.session().expect("session");
+    assert_eq!(ui_with(&first, &session).await, 200);
+    cli_ok(
+        &first.config,
+        &["session", "revoke", "--user", "ann@example.com"],
+        None,
+    );
+    for gateway in [&first, &second] {
+        let started = Instant::now();
+        while ui_with(gateway, &session).await != 303 {
+            assert!(started.elapsed() < DEADLINE, "session still good");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
