@@ -269,6 +269,20 @@ impl WebLogin {
         }
     }
 
+    /// The user's authenticator app, from the directory.
+    async fn enrollment(
+        &self,
+        user: UserId,
+    ) -> Result<Option<crate::directory::TotpEnrollment>, crate::store::StoreError> {
+        let native = self
+            .authenticator
+            .native()
+            .ok_or_else(|| crate::store::StoreError::Unavailable("no native directory".into()))?;
+        native
+            .on_directory(move |d| async move { d.database().totp(user).await })
+            .await
+    }
+
     fn is_good(&self, session: &Session, holder: &SessionHolder, now: i64) -> bool {
         let fingerprint = data_encoding::HEXLOWER.encode(&holder.fingerprint);
         now.saturating_sub(session.created) <= seconds(self.settings.absolute_timeout)
@@ -522,10 +536,7 @@ impl WebLogin {
             enrolling: None,
             salt: random_text(16),
         };
-        let enrolled = match native
-            .on_directory(move |d| async move { d.database().totp(user.id).await })
-            .await
-        {
+        let enrolled = match self.enrollment(user.id).await {
             Ok(enrolled) => enrolled.is_some(),
             Err(error) => {
                 tracing::warn!(request_id = context.request.request_id, %error, "web login cannot read second factors");
@@ -565,10 +576,7 @@ impl WebLogin {
         match rejection {
             Rejection::RateLimited(_) | Rejection::LockedOut { .. } => {
                 let wait = retry_after(rejection);
-                let text = format!(
-                    "Too many attempts. Try again in {}.",
-                    humantime::format_duration(std::time::Duration::from_secs(wait))
-                );
+                let text = too_many(wait);
                 let mut answer = self.login_form(
                     context,
                     429,
@@ -737,10 +745,7 @@ impl WebLogin {
             if !matches!(rejection, Rejection::RateLimited(_)) {
                 return self.unavailable();
             }
-            let text = format!(
-                "Too many attempts. Try again in {}.",
-                humantime::format_duration(std::time::Duration::from_secs(wait))
-            );
+            let text = too_many(wait);
             let mut answer = self
                 .show_verify(context, Some(current), Some((&text, true)), 429)
                 .await;
@@ -852,10 +857,7 @@ impl WebLogin {
                         .await?;
                     return Ok(used.then_some("recovery code"));
                 }
-                let Some(enrollment) = native
-                    .on_directory(move |d| async move { d.database().totp(user).await })
-                    .await?
-                else {
+                let Some(enrollment) = self.enrollment(user).await? else {
                     return Ok(None);
                 };
                 let Ok(secret) = self
@@ -937,14 +939,7 @@ impl WebLogin {
         error: Option<&str>,
     ) -> Answer {
         let user = current.session.user;
-        let enrolled = match self.authenticator.native() {
-            Some(native) => native
-                .on_directory(move |d| async move { d.database().totp(user).await })
-                .await
-                .ok()
-                .flatten(),
-            None => None,
-        };
+        let enrolled = self.enrollment(user).await.ok().flatten();
         let status_text = match enrolled {
             Some(totp) => format!(
                 "An authenticator app is set up since {}. Setting up a new one replaces it and its recovery codes.",
@@ -1122,11 +1117,7 @@ impl Csrf {
     fn of(cookies: &Cookies) -> Self {
         let existing = cookies
             .get(CSRF_COOKIE)
-            .filter(|v| {
-                v.len() == 43
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
+            .filter(|v| keys::is_random_text(v, 32))
             .map(str::to_owned);
         let value = existing.clone().unwrap_or_else(|| random_text(32));
         Self { existing, value }
@@ -1187,6 +1178,14 @@ fn enroll_context(user: UserId) -> String {
 
 fn seconds(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// What a browser over a login limit is told.
+fn too_many(wait: u64) -> String {
+    format!(
+        "Too many attempts. Try again in {}.",
+        humantime::format_duration(std::time::Duration::from_secs(wait))
+    )
 }
 
 fn retry_after(rejection: &Rejection) -> u64 {

@@ -372,8 +372,7 @@ impl Gateway {
         };
         let headers = &session.req_header().headers;
         let cookies = cookies_of(headers);
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let same_site = same_origin(text("origin"), text("sec-fetch-site"), ctx.host.as_deref());
+        let same_site = from_this_site(headers, ctx.host.as_deref());
         let snapshot = ctx.snapshot.clone();
         let query = ctx
             .target
@@ -482,9 +481,8 @@ impl Gateway {
                 Some(caller) => {
                     // SECURITY: browsers attach the cookie to requests other sites
                     // make; only this site may change state with it.
-                    let text = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
                     if !request.method.is_safe()
-                        && !same_origin(text("origin"), text("sec-fetch-site"), ctx.host.as_deref())
+                        && !from_this_site(&request.headers, ctx.host.as_deref())
                     {
                         return Err(Rejection::CrossSite);
                     }
@@ -527,6 +525,13 @@ fn cookies_of(headers: &http::HeaderMap) -> Cookies {
             .iter()
             .map(http::HeaderValue::as_bytes),
     )
+}
+
+/// Whether the browser says the request comes from this site (`Origin`,
+/// `Sec-Fetch-Site`; see `login::same_origin`).
+fn from_this_site(headers: &http::HeaderMap, host: Option<&str>) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    same_origin(text("origin"), text("sec-fetch-site"), host)
 }
 
 /// A browser navigating (it asks for HTML with GET or HEAD): it is sent to the login

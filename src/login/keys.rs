@@ -99,6 +99,15 @@ pub fn random_text(bytes: usize) -> String {
     B64.encode(random)
 }
 
+/// Whether `value` could be what [`random_text`] made of `bytes` random bytes:
+/// exactly that many URL-safe base64 characters, nothing else.
+pub fn is_random_text(value: &str, bytes: usize) -> bool {
+    value.len() == (bytes * 4).div_ceil(3)
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// SHA-256 as lower-case hex: how session ids, codes and recovery codes are stored.
 pub fn digest_hex(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());

@@ -95,11 +95,7 @@ impl SessionId {
     /// An id from a cookie; anything that is not 43 URL-safe base64 characters is
     /// no session of ours.
     pub fn from_cookie(value: &str) -> Option<Self> {
-        (value.len() == 43
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-        .then(|| Self(value.to_owned()))
+        super::keys::is_random_text(value, 32).then(|| Self(value.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

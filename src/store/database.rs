@@ -50,13 +50,14 @@ macro_rules! record_change {
     };
 }
 
-/// Inserts `(owner, role)` for each role inside the transaction `$tx`.
-macro_rules! insert_roles {
-    ($tx:ident, $sql:expr, $owner:expr, $roles:expr) => {
-        for role in $roles {
+/// Inserts `(owner, value)` for each value (roles, recovery codes) inside the
+/// transaction `$tx`.
+macro_rules! insert_pairs {
+    ($tx:ident, $sql:expr, $owner:expr, $values:expr) => {
+        for value in $values {
             sqlx::query($sql)
                 .bind($owner)
-                .bind(role)
+                .bind(value)
                 .execute(&mut *$tx)
                 .await
                 .map_err(unavailable)?;
@@ -148,7 +149,7 @@ impl Database {
             .fetch_one(&mut *tx)
             .await
             .map_err(unavailable)?;
-            insert_roles!(tx, "INSERT INTO account_roles (account_id, role) VALUES ($1, $2)", id, roles);
+            insert_pairs!(tx, "INSERT INTO account_roles (account_id, role) VALUES ($1, $2)", id, roles);
             record_change!(tx, None::<i64>, Some(id), now);
             tx.commit().await.map_err(unavailable)?;
             Ok(id)
@@ -307,7 +308,7 @@ impl Database {
             .fetch_one(&mut *tx)
             .await
             .map_err(unavailable)?;
-            insert_roles!(tx, "INSERT INTO user_roles (user_id, role) VALUES ($1, $2)", id, roles);
+            insert_pairs!(tx, "INSERT INTO user_roles (user_id, role) VALUES ($1, $2)", id, roles);
             record_change!(tx, Some(id), None::<i64>, now);
             tx.commit().await.map_err(unavailable)?;
             Ok(id)
@@ -485,7 +486,7 @@ impl Database {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-            insert_roles!(tx, "INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)", user, recovery_hashes);
+            insert_pairs!(tx, "INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)", user, recovery_hashes);
             record_change!(tx, Some(user), None::<i64>, now);
             tx.commit().await.map_err(unavailable)?;
             Ok(())

@@ -269,6 +269,29 @@ impl<'a> Browser<'a> {
         reply
     }
 
+    /// The password step: the login page, then its form with the test password.
+    /// Returns the page's CSRF token and the reply to the form.
+    pub async fn password(&mut self, email: &str) -> (String, Reply) {
+        let page = self.get("/login").await;
+        let csrf = field(&page.text(), "csrf");
+        let reply = self
+            .post(
+                "/login",
+                &[("csrf", &csrf), ("email", email), ("password", PASSWORD)],
+            )
+            .await;
+        (csrf, reply)
+    }
+
+    /// Submits a second-factor code (mailed, from the app, or a recovery code).
+    pub async fn code(&mut self, csrf: &str, code: &str) -> Reply {
+        self.post(
+            "/login/verify",
+            &[("csrf", csrf), ("action", "verify"), ("code", code)],
+        )
+        .await
+    }
+
     pub fn session(&self) -> Option<String> {
         self.cookies.get("__Host-portcullis-session").cloned()
     }
@@ -480,12 +503,7 @@ async fn password_and_mailed_code_open_a_session_that_reaches_ui_routes() {
     assert!(page.text().contains("a••@example.com"), "{}", page.text());
     // A wrong code: refused, the session stays at the password.
     let wrong_code = if code == "000000" { "111111" } else { "000000" };
-    let reply = browser
-        .post(
-            "/login/verify",
-            &[("csrf", &csrf), ("action", "verify"), ("code", wrong_code)],
-        )
-        .await;
+    let reply = browser.code(&csrf, wrong_code).await;
     assert_eq!(reply.status, 401);
     assert!(reply.text().contains("wrong or has expired"));
 
@@ -544,25 +562,9 @@ async fn password_and_mailed_code_open_a_session_that_reaches_ui_routes() {
 
     // The code was used up: a second login cannot reuse it.
     let mut other = Browser::new(&gateway);
-    let page = other.get("/login").await;
-    let other_csrf = field(&page.text(), "csrf");
-    let reply = other
-        .post(
-            "/login",
-            &[
-                ("csrf", &other_csrf),
-                ("email", "ann@example.com"),
-                ("password", PASSWORD),
-            ],
-        )
-        .await;
+    let (other_csrf, reply) = other.password("ann@example.com").await;
     assert_eq!(reply.status, 303);
-    let reply = other
-        .post(
-            "/login/verify",
-            &[("csrf", &other_csrf), ("action", "verify"), ("code", &code)],
-        )
-        .await;
+    let reply = other.code(&other_csrf, &code).await;
     assert_eq!(reply.status, 401, "a used code is refused");
 
     // Logout needs the form; afterwards the session is gone.
@@ -880,91 +882,33 @@ async fn authenticator_app_enrollment_login_replay_and_recovery_codes() {
     // The next login asks for the app, not for a mailed code.
     let mails = smtp.mails().len();
     let mut next = Browser::new(&gateway);
-    let page = next.get("/login").await;
-    let csrf = field(&page.text(), "csrf");
-    let reply = next
-        .post(
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("email", "ann@example.com"),
-                ("password", PASSWORD),
-            ],
-        )
-        .await;
+    let (csrf, reply) = next.password("ann@example.com").await;
     assert_eq!(reply.status, 303);
     let page = next.get("/login/verify").await;
     assert!(page.text().contains("authenticator app"), "{}", page.text());
     assert_eq!(smtp.mails().len(), mails, "no mail for app users");
     // The enrollment code was used up: it cannot log in.
-    let reply = next
-        .post(
-            "/login/verify",
-            &[("csrf", &csrf), ("action", "verify"), ("code", &code)],
-        )
-        .await;
+    let reply = next.code(&csrf, &code).await;
     assert_eq!(reply.status, 401, "the enrollment step is spent");
     let (step, code) = totp_code(&secret, enrolled_step).await;
-    let reply = next
-        .post(
-            "/login/verify",
-            &[("csrf", &csrf), ("action", "verify"), ("code", &code)],
-        )
-        .await;
+    let reply = next.code(&csrf, &code).await;
     assert_eq!(reply.status, 303, "{}", reply.text());
     assert_eq!(next.get("/ui").await.status, 200);
 
     // Replaying that code in another login is refused (the step is used).
     let mut replay = Browser::new(&gateway);
-    let page = replay.get("/login").await;
-    let csrf = field(&page.text(), "csrf");
-    replay
-        .post(
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("email", "ann@example.com"),
-                ("password", PASSWORD),
-            ],
-        )
-        .await;
-    let reply = replay
-        .post(
-            "/login/verify",
-            &[("csrf", &csrf), ("action", "verify"), ("code", &code)],
-        )
-        .await;
+    let (csrf, _) = replay.password("ann@example.com").await;
+    let reply = replay.code(&csrf, &code).await;
     assert_eq!(reply.status, 401, "a replayed TOTP code is refused");
     let _ = step;
 
     // A recovery code logs in once, in any case and without the dash.
     let recovery = codes[0].to_lowercase().replace('-', "");
-    let reply = replay
-        .post(
-            "/login/verify",
-            &[("csrf", &csrf), ("action", "verify"), ("code", &recovery)],
-        )
-        .await;
+    let reply = replay.code(&csrf, &recovery).await;
     assert_eq!(reply.status, 303, "{}", reply.text());
     let mut again = Browser::new(&gateway);
-    let page = again.get("/login").await;
-    let csrf = field(&page.text(), "csrf");
-    again
-        .post(
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("email", "ann@example.com"),
-                ("password", PASSWORD),
-            ],
-        )
-        .await;
-    let reply = again
-        .post(
-            "/login/verify",
-            &[("csrf", &csrf), ("action", "verify"), ("code", &codes[0])],
-        )
-        .await;
+    let (csrf, _) = again.password("ann@example.com").await;
+    let reply = again.code(&csrf, &codes[0]).await;
     assert_eq!(reply.status, 401, "a recovery code is good once");
     let shown = cli_ok(
         &gateway.config,
@@ -1005,37 +949,16 @@ async fn second_factor_attempts_are_limited() {
     let gateway = web_gateway(&stores, backend.address, smtp.address);
     seed(&gateway.config);
     let mut browser = Browser::new(&gateway);
-    let page = browser.get("/login").await;
-    let csrf = field(&page.text(), "csrf");
-    browser
-        .post(
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("email", "ann@example.com"),
-                ("password", PASSWORD),
-            ],
-        )
-        .await;
+    let (csrf, _) = browser.password("ann@example.com").await;
     let code = smtp.code(1);
     let wrong = if code == "000000" { "111111" } else { "000000" };
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let reply = browser
-            .post(
-                "/login/verify",
-                &[("csrf", &csrf), ("action", "verify"), ("code", wrong)],
-            )
-            .await;
+        let reply = browser.code(&csrf, wrong).await;
         statuses.push(reply.status);
     }
     // The fourth attempt is over the limit: even the right code is not looked at.
-    let reply = browser
-        .post(
-            "/login/verify",
-            &[("csrf", &csrf), ("action", "verify"), ("code", &code)],
-        )
-        .await;
+    let reply = browser.code(&csrf, &code).await;
     statuses.push(reply.status);
     assert_eq!(statuses, [401, 401, 401, 429]);
     assert!(reply.header("retry-after").is_some());
@@ -1073,31 +996,11 @@ async fn sessions_in_redis_hold_across_instances_and_end_on_all() {
 
     // The password on one instance, the code on the other: one session.
     let mut browser = Browser::new(&first);
-    let page = browser.get("/login").await;
-    let csrf = field(&page.text(), "csrf");
-    let reply = browser
-        .post(
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("email", "ann@example.com"),
-                ("password", PASSWORD),
-            ],
-        )
-        .await;
+    let (csrf, reply) = browser.password("ann@example.com").await;
     assert_eq!(reply.status, 303);
     let mut elsewhere = Browser::new(&second);
     elsewhere.cookies = browser.cookies.clone();
-    let reply = elsewhere
-        .post(
-            "/login/verify",
-            &[
-                ("csrf", &csrf),
-                ("action", "verify"),
-                ("code", &smtp.code(1)),
-            ],
-        )
-        .await;
+    let reply = elsewhere.code(&csrf, &smtp.code(1)).await;
     assert_eq!(reply.status, 303, "{}", reply.text());
     let session = elsewhere.session().expect("session");
     assert_eq!(ui_with(&first, &session).await, 200);
