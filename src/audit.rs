@@ -55,6 +55,33 @@ pub struct SecurityEvent<'a> {
     pub detail: Option<&'a str>,
 }
 
+/// A change made with an admin command (`portcullis token revoke`, `user passwd`, …).
+/// The command stores it in the directory's `admin_events`; a running gateway takes
+/// it from there and writes it to its audit stream (see [`Audit::admin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminEvent {
+    /// Unix seconds when the command made the change.
+    pub at: i64,
+    /// What happened, e.g. `tokens-revoked`.
+    pub event: String,
+    /// Whom or what it concerned; never secrets.
+    pub detail: String,
+    /// Who ran the command, as its environment reported (`SUDO_USER`, `USER`) and
+    /// on which host.
+    pub operator: String,
+}
+
+/// An [`AdminEvent`], as written.
+#[derive(Debug, Serialize)]
+struct AdminRecord<'a> {
+    time: String,
+    kind: &'static str,
+    event: &'a str,
+    detail: &'a str,
+    origin: &'static str,
+    operator: &'a str,
+}
+
 /// The sending side, shared by every request.
 pub struct Audit {
     sender: mpsc::Sender<String>,
@@ -100,13 +127,31 @@ impl Audit {
             detail,
         });
     }
+
+    /// Queues a change made with an admin command, stamped with the time the command
+    /// made it.
+    pub fn admin(&self, event: &AdminEvent) {
+        let time = time::OffsetDateTime::from_unix_timestamp(event.at)
+            .map_or_else(|_| event.at.to_string(), rfc3339);
+        self.record(&AdminRecord {
+            time,
+            kind: "security",
+            event: &event.event,
+            detail: &event.detail,
+            origin: "cli",
+            operator: &event.operator,
+        });
+    }
 }
 
 /// RFC 3339 UTC with milliseconds.
 pub fn now() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
 impl AuditWriter {

@@ -74,6 +74,19 @@ impl Authenticator {
         }
     }
 
+    /// Takes up to `limit` changes made with admin commands, for the audit stream
+    /// (see [`crate::audit::AdminEvent`]). A FlexMeasures directory keeps them in its
+    /// `state` database; without one there are none.
+    pub async fn take_admin_events(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::audit::AdminEvent>, StoreError> {
+        match self {
+            Self::Native(native) => native.take_admin_events(limit).await,
+            Self::FlexMeasures(flexmeasures) => flexmeasures.take_admin_events(limit).await,
+        }
+    }
+
     /// Runs a policy resource query (see `policy::rules::Resource`) where the
     /// directory's data is.
     pub async fn resolve(

@@ -189,6 +189,17 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
         },
     ));
 
+    if let (Some(authenticator), Some(directory)) = (&authenticator, &config.directory) {
+        server.add_service(background_service(
+            "admin event relay",
+            AdminEventRelay {
+                authenticator: authenticator.clone(),
+                audit: audit.clone(),
+                interval: directory.change_poll,
+            },
+        ));
+    }
+
     server.add_service(background_service(
         "audit writer",
         AuditService {
@@ -246,6 +257,57 @@ impl BackgroundService for Housekeeping {
                     let keys = tokio::task::spawn_blocking(move || limiter.housekeep()).await;
                     tracing::debug!(keys = keys.unwrap_or_default(), "rate-limit keys after housekeeping");
                 }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Copies changes made with admin commands from the directory into the audit stream,
+/// every `[directory] change_poll`. Each event is taken by one instance only.
+struct AdminEventRelay {
+    authenticator: Arc<Authenticator>,
+    audit: Arc<Audit>,
+    interval: Duration,
+}
+
+impl AdminEventRelay {
+    const BATCH: i64 = 100;
+
+    /// Relays everything waiting; `Err` when the directory cannot be read.
+    async fn relay(&self) -> Result<(), crate::store::StoreError> {
+        loop {
+            let events = self.authenticator.take_admin_events(Self::BATCH).await?;
+            for event in &events {
+                self.audit.admin(event);
+            }
+            if events.len() < usize::try_from(Self::BATCH).unwrap_or(usize::MAX) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminEventRelay {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => match self.relay().await {
+                    Ok(()) if failing => {
+                        tracing::info!("admin events can be read again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(error) if !failing => {
+                        tracing::warn!(%error, "cannot read admin events for the audit; they wait in the directory");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                },
                 _ = shutdown.changed() => return,
             }
         }

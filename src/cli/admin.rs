@@ -1,7 +1,8 @@
 //! Server-local administration of the native directory: accounts, users, roles,
 //! passwords and tokens. Runs against the database (and Redis) named in the
 //! gateway's configuration; running gateways pick changes up through the change feed
-//! (within `[directory] change_poll`) or at once through Redis.
+//! (within `[directory] change_poll`) or at once through Redis. Every change is also
+//! stored in `admin_events`, which a running gateway copies into its audit stream.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{EXIT_CONFIG, EXIT_FAILURE, color};
+use crate::audit::AdminEvent;
 use crate::config::{self, Config};
 use crate::directory::{Directory, DirectoryError, RoleChange};
 use crate::identity::{DirectoryTaskError, password};
@@ -321,12 +323,56 @@ pub fn lockout(command: LockoutCommand) -> ExitCode {
                 .lift_lockouts(key.as_deref())
                 .await
                 .map_err(|e| Failure(e.to_string(), EXIT_FAILURE))?;
+            if lifted > 0 {
+                let what = key.as_deref().map_or_else(
+                    || format!("every lockout ({lifted})"),
+                    |key| format!("key `{key}`"),
+                );
+                audit(directory, "lockout-lifted", what).await;
+            }
             Ok(match (lifted, key) {
                 (0, Some(key)) => format!("`{key}` is not locked out"),
                 (_, Some(key)) => format!("lifted the lockout of `{key}`"),
                 (n, None) => format!("lifted {n} lockout(s)"),
             })
         }),
+    }
+}
+
+/// Stores a change for the gateway's audit stream (see [`AdminEvent`]). The change
+/// is made already; failing to store it is a warning.
+async fn audit(directory: &Directory, event: &str, detail: String) {
+    let record = AdminEvent {
+        at: crate::directory::now(),
+        event: event.to_owned(),
+        detail,
+        operator: operator(),
+    };
+    if let Err(error) = directory.database().record_admin_event(&record).await {
+        eprintln!(
+            "warning: the change is made, but it could not be stored for the audit log ({error})"
+        );
+    }
+}
+
+/// `user@host` of whoever runs the command: `SUDO_USER` (the person behind `sudo`),
+/// else `USER` or `LOGNAME`, else the numeric uid.
+fn operator() -> String {
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| {
+            std::fs::metadata("/proc/self")
+                .map(|m| format!("uid {}", std::os::unix::fs::MetadataExt::uid(&m)))
+                .unwrap_or_else(|_| "unknown".into())
+        });
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
     }
 }
 
@@ -466,6 +512,12 @@ pub fn account(command: AccountCommand) -> ExitCode {
             config,
         } => with_directory(&config.config, async |_, directory| {
             let id = directory.add_account(&name, &roles, new_role).await?;
+            audit(
+                directory,
+                "account-added",
+                format!("account `{name}` (id {id})"),
+            )
+            .await;
             Ok(format!("added account `{name}` (id {id})"))
         }),
         AccountCommand::List { config } => with_directory(&config.config, async |_, directory| {
@@ -508,9 +560,23 @@ pub fn account(command: AccountCommand) -> ExitCode {
                 let changed = directory
                     .change_account_role(&args.account, &args.role, change, args.new_role)
                     .await?;
+                if changed {
+                    let detail = format!("account `{}`: role `{}`", args.account, args.role);
+                    audit(directory, role_event("account", change), detail).await;
+                }
                 Ok(role_message(changed, change, &args.role, &args.account))
             })
         }
+    }
+}
+
+/// `account-role-added`, `user-role-removed`, …
+fn role_event(owner: &str, change: RoleChange) -> &'static str {
+    match (owner, change) {
+        ("account", RoleChange::Add) => "account-role-added",
+        ("account", RoleChange::Remove) => "account-role-removed",
+        (_, RoleChange::Add) => "user-role-added",
+        (_, RoleChange::Remove) => "user-role-removed",
     }
 }
 
@@ -539,6 +605,11 @@ pub fn user(command: UserCommand) -> ExitCode {
             let id = directory
                 .add_user(&account, &email, &hash, &roles, new_role)
                 .await?;
+            let detail = format!(
+                "user `{}` (id {id}) in account `{account}`",
+                email.trim().to_lowercase()
+            );
+            audit(directory, "user-added", detail).await;
             Ok(format!(
                 "added user `{}` (id {id}) to account `{account}`",
                 email.trim().to_lowercase()
@@ -597,9 +668,11 @@ pub fn user(command: UserCommand) -> ExitCode {
             password_stdin,
             config,
         } => with_directory(&config.config, async |config, directory| {
-            directory.user(&email).await?;
+            let user = directory.user(&email).await?;
             let hash = new_hash(config, password_stdin)?;
             directory.set_password(&email, &hash).await?;
+            let detail = format!("user `{}` (id {})", user.email, user.id);
+            audit(directory, "password-changed", detail).await;
             Ok(format!(
                 "password of `{email}` changed; earlier tokens and sessions no longer work"
             ))
@@ -607,6 +680,7 @@ pub fn user(command: UserCommand) -> ExitCode {
         UserCommand::Deactivate { email, config } => {
             with_directory(&config.config, async |_, directory| {
                 Ok(if directory.set_active(&email, false).await? {
+                    audit(directory, "user-deactivated", format!("user `{email}`")).await;
                     format!("`{email}` deactivated; its tokens and sessions no longer work")
                 } else {
                     format!("`{email}` was already inactive")
@@ -616,6 +690,7 @@ pub fn user(command: UserCommand) -> ExitCode {
         UserCommand::Activate { email, config } => {
             with_directory(&config.config, async |_, directory| {
                 Ok(if directory.set_active(&email, true).await? {
+                    audit(directory, "user-activated", format!("user `{email}`")).await;
                     format!("`{email}` activated")
                 } else {
                     format!("`{email}` was already active")
@@ -631,6 +706,10 @@ pub fn user(command: UserCommand) -> ExitCode {
                 let changed = directory
                     .change_user_role(&args.email, &args.role, change, args.new_role)
                     .await?;
+                if changed {
+                    let detail = format!("user `{}`: role `{}`", args.email, args.role);
+                    audit(directory, role_event("user", change), detail).await;
+                }
                 Ok(role_message(changed, change, &args.role, &args.email))
             })
         }
@@ -647,6 +726,8 @@ pub fn user(command: UserCommand) -> ExitCode {
         UserCommand::SecondFactor(SecondFactorCommand::Reset { email, config }) => {
             with_directory(&config.config, async |_, directory| {
                 let removed = directory.reset_second_factor(&email).await?;
+                let detail = format!("user `{email}`, authenticator app removed: {removed}");
+                audit(directory, "second-factor-reset", detail).await;
                 Ok(if removed {
                     format!(
                         "authenticator app and recovery codes of `{email}` removed; its sessions ended; the next login asks for an emailed code"
@@ -676,6 +757,12 @@ pub fn session(command: SessionCommand) -> ExitCode {
         SessionCommand::Revoke { user, config } => {
             with_directory(&config.config, async |_, directory| {
                 let id = directory.revoke_sessions(&user).await?;
+                audit(
+                    directory,
+                    "sessions-revoked",
+                    format!("user `{user}` (id {id})"),
+                )
+                .await;
                 Ok(format!(
                     "every web-login session of `{user}` (id {id}) begun until now is ended"
                 ))
@@ -700,6 +787,8 @@ pub fn token(command: TokenCommand) -> ExitCode {
                 let crypt = token::password_crypt(user.password_hash.expose());
                 let issued_at = crate::directory::now().max(user.tokens_not_before);
                 let token = keys.issue(user.id, &crypt, issued_at);
+                let detail = format!("user `{}` (id {})", user.email, user.id);
+                audit(directory, "token-issued", detail).await;
                 eprintln!(
                     "token for `{}` (id {}), valid for {}",
                     user.email,
@@ -713,6 +802,12 @@ pub fn token(command: TokenCommand) -> ExitCode {
         TokenCommand::Revoke { user, config } => {
             with_directory(&config.config, async |_, directory| {
                 let id = directory.revoke_tokens(&user).await?;
+                audit(
+                    directory,
+                    "tokens-revoked",
+                    format!("user `{user}` (id {id})"),
+                )
+                .await;
                 Ok(format!(
                     "every token of `{user}` (id {id}) issued until now is revoked"
                 ))

@@ -131,6 +131,20 @@ impl FlexMeasures {
         .await
     }
 
+    pub async fn take_admin_events(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::audit::AdminEvent>, StoreError> {
+        let Some(state) = self.state.clone() else {
+            return Ok(Vec::new());
+        };
+        on_runtime(
+            &self.handle,
+            async move { state.take_admin_events(limit).await },
+        )
+        .await
+    }
+
     /// Policy resources are FlexMeasures' assets and sensors: looked up there.
     pub async fn resolve(
         &self,

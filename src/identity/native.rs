@@ -165,6 +165,17 @@ impl Native {
         self.bcrypt_cost
     }
 
+    pub async fn take_admin_events(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::audit::AdminEvent>, StoreError> {
+        let directory = self.directory.clone();
+        on_runtime(&self.handle, async move {
+            directory.database().take_admin_events(limit).await
+        })
+        .await
+    }
+
     /// Whether the directory (and Redis, when configured) answer; for `/readyz`.
     pub async fn ready(&self) -> Result<(), StoreError> {
         let directory = self.directory.clone();

@@ -13,6 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
 use super::StoreError;
+use crate::audit::AdminEvent;
 use crate::directory::{Account, AccountId, Change, TotpEnrollment, User, UserId};
 use crate::rate_limit::lockout::Lockout;
 use crate::secret::Secret;
@@ -717,6 +718,47 @@ impl Database {
         .await)
         .map_err(unavailable)?;
         Ok(seq.unwrap_or(0))
+    }
+
+    /// Stores a change made with an admin command until a gateway relays it.
+    pub async fn record_admin_event(&self, event: &AdminEvent) -> Result<(), StoreError> {
+        on_engine!(self, pool => sqlx::query(
+            "INSERT INTO admin_events (at, event, detail, operator) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(event.at)
+        .bind(&event.event)
+        .bind(&event.detail)
+        .bind(&event.operator)
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(unavailable)
+    }
+
+    /// Takes (deletes and returns) at most `limit` stored admin events, oldest first.
+    /// Concurrent callers never get the same row: on PostgreSQL the second `DELETE`
+    /// waits for the first and then finds the rows gone; SQLite runs one at a time.
+    pub async fn take_admin_events(&self, limit: i64) -> Result<Vec<AdminEvent>, StoreError> {
+        let mut rows: Vec<(i64, i64, String, String, String)> =
+            on_engine!(self, pool => sqlx::query_as(
+            "DELETE FROM admin_events WHERE id IN \
+             (SELECT id FROM admin_events ORDER BY id LIMIT $1) \
+             RETURNING id, at, event, detail, operator",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+            .map_err(unavailable)?;
+        rows.sort_unstable_by_key(|row| row.0);
+        Ok(rows
+            .into_iter()
+            .map(|(_, at, event, detail, operator)| AdminEvent {
+                at,
+                event,
+                detail,
+                operator,
+            })
+            .collect())
     }
 
     /// Every role name in use, user roles first, for typo hints.

@@ -156,3 +156,137 @@ async fn the_audit_file_is_reopened_after_rotation() {
     let before = std::fs::read_to_string(&rotated).expect("rotated");
     assert!(before.contains("/api/before") && !before.contains("/api/after"));
 }
+
+/// The security events named `event` in `paths`, oldest first.
+fn security_events(paths: &[&Path]) -> Vec<serde_json::Value> {
+    paths
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON"))
+                .collect::<Vec<_>>()
+        })
+        .filter(|record| record["kind"] == "security" && record["origin"] == "cli")
+        .collect()
+}
+
+#[tokio::test]
+async fn admin_commands_reach_the_audit_once_however_many_instances_run() {
+    use crate::users::{PASSWORD, PostgresDatabase, Stores, cli_ok, gateway, seed};
+    let backend = EchoBackend::start();
+    let database = PostgresDatabase::create();
+    let stores = Stores {
+        postgres: Some(database.url.clone()),
+        ..Stores::sqlite()
+    };
+    let first = gateway(&stores, backend.address);
+    let second = gateway(&stores, backend.address);
+    seed(&first.config);
+    let token = cli_ok(
+        &second.config,
+        &["token", "issue", "--user", "ann@example.com"],
+        None,
+    );
+    let token = token.trim();
+    assert!(token.len() > 20, "{token}");
+    for args in [
+        &["token", "revoke", "--user", "ann@example.com"][..],
+        &["session", "revoke", "--user", "ann@example.com"],
+        &["user", "roles", "add", "ann@example.com", "admin-reader"],
+        &["user", "deactivate", "ann@example.com"],
+        &["user", "activate", "ann@example.com"],
+    ] {
+        cli_ok(&first.config, args, None);
+    }
+    cli_ok(
+        &second.config,
+        &["user", "passwd", "ann@example.com", "--password-stdin"],
+        Some(&format!("{PASSWORD} changed\n")),
+    );
+    let expected = [
+        "account-added",
+        "user-added",
+        "token-issued",
+        "tokens-revoked",
+        "sessions-revoked",
+        "user-role-added",
+        "user-deactivated",
+        "user-activated",
+        "password-changed",
+    ];
+    let files = [first.audit.as_path(), second.audit.as_path()];
+    let deadline = Instant::now() + DEADLINE;
+    while security_events(&files).len() < expected.len() {
+        assert!(
+            Instant::now() < deadline,
+            "admin events relayed: {:?}",
+            security_events(&files)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Many more polls of both instances (change_poll is 50 ms) relay nothing twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut events = security_events(&files);
+    events.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    let mut sorted_names = names.clone();
+    sorted_names.sort_unstable();
+    let mut sorted_expected = expected.to_vec();
+    sorted_expected.sort_unstable();
+    assert_eq!(sorted_names, sorted_expected, "each event exactly once");
+    let revoked = events
+        .iter()
+        .find(|e| e["event"] == "tokens-revoked")
+        .expect("tokens-revoked");
+    assert!(
+        revoked["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ann@example.com") && d.contains("(id ")),
+        "{revoked}"
+    );
+    assert!(
+        revoked["operator"].as_str().is_some_and(|o| !o.is_empty()),
+        "{revoked}"
+    );
+    assert!(revoked["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    for path in files {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            !text.contains(token) && !text.contains(PASSWORD),
+            "no token or password in {}",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_commands_on_sqlite_reach_the_audit_and_no_ops_do_not() {
+    use crate::users::{Stores, cli_ok, gateway, seed};
+    let backend = EchoBackend::start();
+    let gateway = gateway(&Stores::sqlite(), backend.address);
+    seed(&gateway.config);
+    // Nothing to lift, nothing changed: no event.
+    cli_ok(&gateway.config, &["lockout", "lift", "--all"], None);
+    cli_ok(
+        &gateway.config,
+        &["user", "2fa", "reset", "ann@example.com"],
+        None,
+    );
+    let files = [gateway.audit.as_path()];
+    let deadline = Instant::now() + DEADLINE;
+    while security_events(&files).len() < 3 {
+        assert!(Instant::now() < deadline, "{:?}", security_events(&files));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let names: Vec<String> = security_events(&files)
+        .iter()
+        .filter_map(|e| e["event"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        names,
+        ["account-added", "user-added", "second-factor-reset"]
+    );
+}
