@@ -16,6 +16,7 @@ pub mod secret;
 pub mod audit;
 pub mod canonical;
 pub mod forwarding;
+pub mod framing;
 pub mod identity;
 pub mod login;
 pub mod policy;

@@ -576,6 +576,13 @@ fn locate(session: &mut Session, ctx: &mut RequestContext) -> Result<String, Rej
     }
     ctx.client = Some(client);
 
+    let header = session.req_header();
+    if let Err(framing) = crate::framing::check(header.version, &header.headers) {
+        // The rest of the stream cannot be read safely: answer, then close.
+        session.set_keepalive(None);
+        return Err(Rejection::AmbiguousFraming(framing));
+    }
+
     let target =
         canonicalize(session.req_header().raw_path()).map_err(Rejection::AmbiguousTarget)?;
     let plan = Strip::plan(&session.req_header().headers);

@@ -5,12 +5,15 @@
 //! Clients never see causes: those go to the log with the request id.
 
 use crate::canonical::AmbiguousTarget;
+use crate::framing::AmbiguousFraming;
 
 /// Why a request was not forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("ambiguous request target: {0}")]
     AmbiguousTarget(AmbiguousTarget),
+    #[error("ambiguous message framing: {0}")]
+    AmbiguousFraming(AmbiguousFraming),
     #[error("request has no usable host")]
     BadHost,
     #[error("malformed request")]
@@ -103,6 +106,11 @@ impl Rejection {
             Self::AmbiguousTarget(_) => (
                 400,
                 r#"{"status":400,"message":"Bad request: the request target is ambiguous."}"#,
+                &[],
+            ),
+            Self::AmbiguousFraming(_) => (
+                400,
+                r#"{"status":400,"message":"Bad request: the message framing is ambiguous."}"#,
                 &[],
             ),
             Self::BadHost => (
@@ -260,6 +268,7 @@ mod tests {
     fn bodies_never_carry_the_cause() {
         let rejections = [
             Rejection::AmbiguousTarget(AmbiguousTarget::DotSegment),
+            Rejection::AmbiguousFraming(AmbiguousFraming::LengthAndEncoding),
             Rejection::BadHost,
             Rejection::BadRequest,
             Rejection::NoRoute,

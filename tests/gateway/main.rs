@@ -28,5 +28,6 @@ mod rate_limits;
 mod redirect;
 mod responses;
 mod shutdown;
+mod smuggling;
 mod tokens;
 mod web_login;

@@ -434,6 +434,11 @@ impl TlsClient {
             .expect("tls handshake")
     }
 
+    /// A TLS connection speaking HTTP/1.1 (by ALPN), for tests that write raw bytes.
+    pub async fn connect_http1(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        self.connect(&[b"http/1.1"]).await
+    }
+
     /// Sends raw bytes (one HTTP/1.1 request, which should say `Connection: close`) and
     /// reads until the gateway closes.
     pub async fn raw(&self, request: &[u8]) -> Reply {
