@@ -27,6 +27,22 @@ pub async fn records(path: &Path, count: usize) -> Vec<serde_json::Value> {
     }
 }
 
+/// The decision records (not security events) so far, once there are `count`.
+pub async fn decisions(path: &Path, count: usize) -> Vec<serde_json::Value> {
+    let mut seen = count;
+    loop {
+        let decisions: Vec<_> = records(path, seen)
+            .await
+            .into_iter()
+            .filter(|record| record["kind"] == "decision")
+            .collect();
+        if decisions.len() >= count {
+            return decisions;
+        }
+        seen += 1;
+    }
+}
+
 fn gateway(backend: &EchoBackend) -> TestGateway {
     TestGateway::start(&format!(
         r#"[backends.echo]

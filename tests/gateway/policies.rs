@@ -130,7 +130,7 @@ async fn the_example_policy_decides_by_account_role_and_rule() {
         "{forwarded:?}"
     );
     // 5 logins and 15 requests.
-    let records = super::audit::records(&gateway.audit, 20).await;
+    let records = super::audit::decisions(&gateway.audit, 20).await;
     let shadow: Vec<&serde_json::Value> =
         records.iter().filter(|r| r["route"] == "reports").collect();
     assert_eq!(shadow.len(), 2);

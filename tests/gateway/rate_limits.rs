@@ -65,7 +65,7 @@ async fn requests_over_a_limit_get_429_with_retry_headers_and_never_reach_the_ba
         metric(&gateway, r#"portcullis_rate_limited_total{class="tight"}"#).await,
         Some(1.0)
     );
-    let records = super::audit::records(&gateway.audit, 4).await;
+    let records = super::audit::decisions(&gateway.audit, 4).await;
     let last = &records[3];
     assert_eq!(last["decision"], "refused");
     assert_eq!(last["status"], 429);
