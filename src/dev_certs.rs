@@ -46,6 +46,15 @@ pub const LOCAL_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
 pub const VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl DevCertificates {
+    /// 16 random bytes, positive and non-zero as RFC 5280 §4.1.2.2 requires (rcgen's
+    /// own random serials may have the sign bit set).
+    fn serial_number() -> rcgen::SerialNumber {
+        let mut bytes = [0u8; 16];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+        bytes[0] = (bytes[0] & 0x7f) | 0x01;
+        rcgen::SerialNumber::from(bytes.to_vec())
+    }
+
     /// A fresh CA and a server certificate for `names` (DNS names or IP addresses),
     /// valid from `not_before` for `validity`.
     pub fn generate_valid(
@@ -61,6 +70,7 @@ impl DevCertificates {
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         ca_params.not_before = not_before;
         ca_params.not_after = not_after;
+        ca_params.serial_number = Some(Self::serial_number());
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
@@ -70,6 +80,9 @@ impl DevCertificates {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = not_before;
         params.not_after = not_after;
+        params.serial_number = Some(Self::serial_number());
+        // RFC 5280 §4.2.1.1: strict path builders refuse a leaf without it.
+        params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &ca)?;
 

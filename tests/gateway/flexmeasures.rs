@@ -21,7 +21,7 @@ const SECRET: &str = "FlexMeasures' SECRET_KEY, any length";
 const OLD_SECRET: &str = "the key before the last rotation";
 const SALT: &str = "SECURITY_PASSWORD_SALT of this deployment";
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let path = std::env::var_os("PORTCULLIS_TEST_PYTHON").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/python"),
         PathBuf::from,

@@ -29,5 +29,6 @@ mod redirect;
 mod responses;
 mod shutdown;
 mod smuggling;
+mod tls_profile;
 mod tokens;
 mod web_login;
