@@ -92,6 +92,9 @@ pub struct Audit {
 pub struct AuditWriter {
     receiver: mpsc::Receiver<String>,
     target: AuditTarget,
+    metrics: Arc<Metrics>,
+    /// Whether the last write failed (errors are logged once until one succeeds).
+    failing: bool,
 }
 
 impl Audit {
@@ -102,7 +105,13 @@ impl Audit {
         metrics: Arc<Metrics>,
     ) -> (Self, AuditWriter) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        (Self { sender, metrics }, AuditWriter { receiver, target })
+        let writer = AuditWriter {
+            receiver,
+            target,
+            metrics: metrics.clone(),
+            failing: false,
+        };
+        (Self { sender, metrics }, writer)
     }
 
     /// Queues a record; never blocks. A full channel drops it and counts the drop.
@@ -175,12 +184,31 @@ impl AuditWriter {
                 }
                 line = self.receiver.recv() => {
                     let Some(line) = line else { break };
-                    write_line(output.as_mut(), &line).await;
+                    self.write(output.as_mut(), &line).await;
                 }
             }
         }
         while let Ok(line) = self.receiver.try_recv() {
-            write_line(output.as_mut(), &line).await;
+            self.write(output.as_mut(), &line).await;
+        }
+    }
+
+    /// Writes one record; a failure (disk full, say) loses it, is counted, and is
+    /// logged once until a write succeeds again. Requests never wait for this.
+    async fn write(&mut self, out: Option<&mut Output>, line: &str) {
+        match write_line(out, line).await {
+            Ok(()) if self.failing => {
+                tracing::info!("audit log writable again");
+                self.failing = false;
+            }
+            Ok(()) => {}
+            Err(error) => {
+                self.metrics.audit_write_error();
+                if !self.failing {
+                    tracing::error!(%error, "cannot write the audit log; records are lost until it can be (portcullis_audit_write_errors_total)");
+                    self.failing = true;
+                }
+            }
         }
     }
 }
@@ -213,19 +241,15 @@ async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
         .await
 }
 
-async fn write_line(out: Option<&mut Output>, line: &str) {
-    let Some(out) = out else { return };
+async fn write_line(out: Option<&mut Output>, line: &str) -> std::io::Result<()> {
+    let Some(out) = out else {
+        return Err(std::io::Error::other("the audit log is not open"));
+    };
     let mut bytes = Vec::with_capacity(line.len() + 1);
     bytes.extend_from_slice(line.as_bytes());
     bytes.push(b'\n');
-    if let Err(error) = async {
-        out.write_all(&bytes).await?;
-        out.flush().await
-    }
-    .await
-    {
-        tracing::error!(%error, "cannot write the audit log");
-    }
+    out.write_all(&bytes).await?;
+    out.flush().await
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub struct Metrics {
     certificate_reloads: IntCounterVec,
     certificate_reloaded_at: IntGauge,
     audit_dropped: prometheus::IntCounter,
+    audit_write_errors: prometheus::IntCounter,
     token_checks: IntCounterVec,
     logins: IntCounterVec,
     second_factors: IntCounterVec,
@@ -92,6 +93,10 @@ impl Metrics {
             "audit_dropped_total",
             "Audit records dropped because the writer fell behind.",
         )?;
+        let audit_write_errors = prometheus::IntCounter::new(
+            "audit_write_errors_total",
+            "Audit records that could not be written (disk full, file unreachable); lost.",
+        )?;
         let token_checks = IntCounterVec::new(
             Opts::new(
                 "token_checks_total",
@@ -154,6 +159,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(second_factors.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
+        registry.register(Box::new(audit_write_errors.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(certificate_expiry.clone()))?;
@@ -167,6 +173,7 @@ impl Metrics {
             certificate_reloads,
             certificate_reloaded_at,
             audit_dropped,
+            audit_write_errors,
             token_checks,
             logins,
             second_factors,
@@ -258,6 +265,11 @@ impl Metrics {
     /// Counts an audit record that could not be queued.
     pub fn audit_dropped(&self) {
         self.audit_dropped.inc();
+    }
+
+    /// Counts an audit record that could not be written.
+    pub fn audit_write_error(&self) {
+        self.audit_write_errors.inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -125,3 +125,41 @@ async fn tls_backends_are_verified_against_their_ca() {
         "only the trusted request arrived"
     );
 }
+
+#[tokio::test]
+async fn a_full_disk_under_the_audit_log_loses_records_visibly_and_never_blocks_requests() {
+    use crate::support::{DEADLINE, config_text, metric};
+    let backend = EchoBackend::start();
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let gateway = TestGateway::start_with(|ports, dir| {
+        let text = config_text(ports, dir, &public_catch_all(backend.address));
+        let audit = format!("path = \"{}\"", dir.join("audit.jsonl").display());
+        assert!(text.contains(&audit), "{text}");
+        text.replace(&audit, "path = \"/dev/full\"")
+    });
+    let client = gateway.tls();
+    for n in 0..20 {
+        let reply = client.get(&format!("/x/{n}"), "").await;
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(backend.received().len(), 20);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let lost = metric(&gateway, "portcullis_audit_write_errors_total")
+            .await
+            .unwrap_or(0.0);
+        if lost >= 20.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{lost} write errors counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric(&gateway, "portcullis_audit_dropped_total").await,
+        Some(0.0),
+        "written and failed, not dropped from the queue"
+    );
+}

@@ -20,6 +20,7 @@ mod config_errors;
 mod demo;
 mod directory_cli;
 mod failures;
+mod faults;
 mod flexmeasures;
 mod headers;
 mod no_secrets;
