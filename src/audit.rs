@@ -43,16 +43,22 @@ pub struct DecisionRecord<'a> {
 }
 
 /// Something security-relevant that is not a request decision: certificate and
-/// policy reloads, failed ones too. (Login outcomes are decision records on the route
-/// `portcullis:login`.)
+/// policy reloads, failed ones too, and changes made with the admin commands.
+/// (Login outcomes are decision records on the route `portcullis:login`.)
 #[derive(Debug, Serialize)]
 pub struct SecurityEvent<'a> {
     pub time: String,
     pub kind: &'static str,
     /// What happened, e.g. `certificate-reloaded`.
-    pub event: &'static str,
+    pub event: &'a str,
     /// Details for operators; never secrets.
     pub detail: Option<&'a str>,
+    /// `cli` for a change made with an admin command; absent for the gateway's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<&'static str>,
+    /// Who ran the admin command (see [`AdminEvent::operator`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<&'a str>,
 }
 
 /// A change made with an admin command (`portcullis token revoke`, `user passwd`, …).
@@ -69,17 +75,6 @@ pub struct AdminEvent {
     /// Who ran the command, as its environment reported (`SUDO_USER`, `USER`) and
     /// on which host.
     pub operator: String,
-}
-
-/// An [`AdminEvent`], as written.
-#[derive(Debug, Serialize)]
-struct AdminRecord<'a> {
-    time: String,
-    kind: &'static str,
-    event: &'a str,
-    detail: &'a str,
-    origin: &'static str,
-    operator: &'a str,
 }
 
 /// The sending side, shared by every request.
@@ -134,6 +129,8 @@ impl Audit {
             kind: "security",
             event,
             detail,
+            origin: None,
+            operator: None,
         });
     }
 
@@ -142,13 +139,13 @@ impl Audit {
     pub fn admin(&self, event: &AdminEvent) {
         let time = time::OffsetDateTime::from_unix_timestamp(event.at)
             .map_or_else(|_| event.at.to_string(), rfc3339);
-        self.record(&AdminRecord {
+        self.record(&SecurityEvent {
             time,
             kind: "security",
             event: &event.event,
-            detail: &event.detail,
-            origin: "cli",
-            operator: &event.operator,
+            detail: Some(&event.detail),
+            origin: Some("cli"),
+            operator: Some(&event.operator),
         });
     }
 }

@@ -81,10 +81,18 @@ impl Authenticator {
         &self,
         limit: i64,
     ) -> Result<Vec<crate::audit::AdminEvent>, StoreError> {
-        match self {
-            Self::Native(native) => native.take_admin_events(limit).await,
-            Self::FlexMeasures(flexmeasures) => flexmeasures.take_admin_events(limit).await,
-        }
+        let tables = match self {
+            Self::Native(native) => Some(native.own_tables()),
+            Self::FlexMeasures(flexmeasures) => flexmeasures.own_tables(),
+        };
+        let Some((handle, database)) = tables else {
+            return Ok(Vec::new());
+        };
+        on_runtime(
+            handle,
+            async move { database.take_admin_events(limit).await },
+        )
+        .await
     }
 
     /// Runs a policy resource query (see `policy::rules::Resource`) where the

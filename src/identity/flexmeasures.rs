@@ -131,18 +131,10 @@ impl FlexMeasures {
         .await
     }
 
-    pub async fn take_admin_events(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<crate::audit::AdminEvent>, StoreError> {
-        let Some(state) = self.state.clone() else {
-            return Ok(Vec::new());
-        };
-        on_runtime(
-            &self.handle,
-            async move { state.take_admin_events(limit).await },
-        )
-        .await
+    /// The gateway's own tables (`[directory] state`, if set) and the runtime to use
+    /// them on.
+    pub(super) fn own_tables(&self) -> Option<(&tokio::runtime::Handle, Database)> {
+        self.state.clone().map(|state| (&self.handle, state))
     }
 
     /// Policy resources are FlexMeasures' assets and sensors: looked up there.

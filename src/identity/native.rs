@@ -165,15 +165,10 @@ impl Native {
         self.bcrypt_cost
     }
 
-    pub async fn take_admin_events(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<crate::audit::AdminEvent>, StoreError> {
-        let directory = self.directory.clone();
-        on_runtime(&self.handle, async move {
-            directory.database().take_admin_events(limit).await
-        })
-        .await
+    /// The gateway's own tables (the directory's database) and the runtime to use
+    /// them on.
+    pub(super) fn own_tables(&self) -> (&tokio::runtime::Handle, crate::store::Database) {
+        (&self.handle, self.directory.database().clone())
     }
 
     /// Whether the directory (and Redis, when configured) answer; for `/readyz`.

@@ -5,15 +5,20 @@ use std::time::{Duration, Instant};
 
 use crate::support::{DEADLINE, EchoBackend, TestGateway};
 
+/// The audit records written so far (none when the file does not exist yet).
+fn written(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every audit line is JSON"))
+        .collect()
+}
+
 /// The audit records written so far, once there are at least `count`.
 pub async fn records(path: &Path, count: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("every audit line is JSON"))
-            .collect();
+        let lines = written(path);
         if lines.len() >= count {
             return lines;
         }
@@ -173,17 +178,11 @@ async fn the_audit_file_is_reopened_after_rotation() {
     assert!(before.contains("/api/before") && !before.contains("/api/after"));
 }
 
-/// The security events named `event` in `paths`, oldest first.
+/// The admin commands' security events in `paths`, file by file.
 fn security_events(paths: &[&Path]) -> Vec<serde_json::Value> {
     paths
         .iter()
-        .flat_map(|path| {
-            std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .lines()
-                .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON"))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|path| written(path))
         .filter(|record| record["kind"] == "security" && record["origin"] == "cli")
         .collect()
 }

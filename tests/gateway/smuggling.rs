@@ -7,13 +7,13 @@
 //! for `/smuggled`, or more requests than the client meant. For every vector the
 //! gateway must refuse the request, or pass on one normalized request.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{DEADLINE, TestGateway};
+use crate::support::{DEADLINE, LoopbackServer, TestGateway};
 
 /// What a lenient backend answers each request with, unless told otherwise.
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -22,50 +22,19 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 struct RawBackend {
     address: SocketAddr,
     requests: Arc<Mutex<Vec<Vec<u8>>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    _server: LoopbackServer,
 }
 
 impl RawBackend {
     fn start(response: &'static [u8]) -> Self {
-        let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind backend");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let address = listener.local_addr().expect("addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        tokio::spawn(serve_leniently(stream, log.clone(), response));
-                    }
-                };
-                tokio::select! {
-                    () = serve => {}
-                    _ = stopped => {}
-                }
-            });
-        });
+        let server =
+            LoopbackServer::start(move |stream| serve_leniently(stream, log.clone(), response));
         Self {
-            address,
+            address: server.address,
             requests,
-            stop: Some(stop),
+            _server: server,
         }
     }
 

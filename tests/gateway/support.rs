@@ -75,20 +75,64 @@ impl Received {
     }
 }
 
-/// An HTTP/1.1 backend that records every request and answers `200 {"echo":true}`,
-/// after `delay` if set. Runs on its own thread and runtime; stops when dropped.
-pub struct EchoBackend {
+/// A loopback listener served on a thread and runtime of its own: each accepted
+/// connection is handed to `serve` in a task. Stops when dropped.
+pub struct LoopbackServer {
     pub address: SocketAddr,
-    received: Arc<Mutex<VecDeque<Received>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-impl Drop for EchoBackend {
+impl Drop for LoopbackServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
     }
+}
+
+impl LoopbackServer {
+    pub fn start<F, Serving>(serve: F) -> Self
+    where
+        F: Fn(TcpStream) -> Serving + Send + 'static,
+        Serving: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind backend");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let accept = async {
+                    loop {
+                        if let Ok((stream, _)) = listener.accept().await {
+                            tokio::spawn(serve(stream));
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Self {
+            address,
+            stop: Some(stop),
+        }
+    }
+}
+
+/// An HTTP/1.1 backend that records every request and answers `200 {"echo":true}`,
+/// after `delay` if set. Runs on its own thread and runtime; stops when dropped.
+pub struct EchoBackend {
+    pub address: SocketAddr,
+    received: Arc<Mutex<VecDeque<Received>>>,
+    _server: LoopbackServer,
 }
 
 impl EchoBackend {
@@ -121,49 +165,26 @@ impl EchoBackend {
     }
 
     fn spawn(delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind backend");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let address = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(VecDeque::new()));
         let log = received.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let log = log.clone();
-                        match tls.clone() {
-                            None => {
-                                tokio::spawn(serve_connection(stream, log, delay));
-                            }
-                            Some(acceptor) => {
-                                tokio::spawn(async move {
-                                    if let Ok(stream) = acceptor.accept(stream).await {
-                                        serve_connection(stream, log, delay).await;
-                                    }
-                                });
-                            }
+        let server = LoopbackServer::start(move |stream| {
+            let log = log.clone();
+            let tls = tls.clone();
+            async move {
+                match tls {
+                    None => serve_connection(stream, log, delay).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve_connection(stream, log, delay).await;
                         }
                     }
-                };
-                tokio::select! {
-                    () = serve => {}
-                    _ = stopped => {}
                 }
-            });
+            }
         });
         Self {
-            address,
+            address: server.address,
             received,
-            stop: Some(stop),
+            _server: server,
         }
     }
 
