@@ -63,7 +63,8 @@ fn fixture(bcrypt_cost: u32) -> Fixture {
             .await
             .expect("user");
     });
-    let authenticator = Authenticator::start(&config)
+    let metrics = std::sync::Arc::new(portcullis::metrics::Metrics::new().expect("metrics"));
+    let authenticator = Authenticator::start(&config, metrics)
         .expect("start")
         .expect("authenticator");
     let body = format!(r#"{{"email":"bench@example.com","password":"{PASSWORD}"}}"#);

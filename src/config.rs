@@ -126,6 +126,9 @@ pub struct ServerSettings {
     pub trusted_proxies: TrustedProxies,
     /// Idle upstream connections kept for reuse, across all backends.
     pub keepalive_pool_size: usize,
+    /// How long a client connection may stay open between requests (HTTP/1.1
+    /// keep-alive and HTTP/2); whole seconds.
+    pub client_idle_timeout: Duration,
 }
 
 pub use flexmeasures::{FlexMeasuresLogin, FlexMeasuresSettings, TokenInRequest};
@@ -395,6 +398,8 @@ struct Check<'s> {
 const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Between requests on a client connection (nginx's `keepalive_timeout` is 75 s).
+const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// One year, the minimum the HSTS preload list accepts.
 const DEFAULT_HSTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -957,6 +962,16 @@ impl Check<'_> {
             Duration::ZERO..Duration::from_secs(3601),
             "shutdown_timeout",
         );
+        // pingora counts keep-alive in whole seconds.
+        let client_idle_timeout = Duration::from_secs(
+            self.duration(
+                raw.client_idle_timeout,
+                DEFAULT_CLIENT_IDLE_TIMEOUT,
+                Duration::from_secs(1)..Duration::from_secs(3601),
+                "client_idle_timeout",
+            )
+            .as_secs(),
+        );
         let mut networks = Vec::new();
         if let Some(list) = raw.trusted_proxies {
             let span = list.span();
@@ -981,6 +996,7 @@ impl Check<'_> {
             shutdown_timeout,
             trusted_proxies: TrustedProxies::new(networks),
             keepalive_pool_size,
+            client_idle_timeout,
         }
     }
 

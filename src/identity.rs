@@ -24,6 +24,7 @@ pub use blocking::{BlockingPool, PoolError};
 
 use crate::config::{Config, DirectoryKind};
 use crate::directory::{self, Directory, UserId};
+use crate::metrics::Metrics;
 use crate::rate_limit::lockout::Lockout;
 use crate::secret::Secret;
 use crate::store::{Cluster, Database, StoreError};
@@ -38,13 +39,15 @@ pub enum Authenticator {
 impl Authenticator {
     /// Starts the identity runtime for the configured directory (migrations, change
     /// feed). `None` without a directory.
-    pub fn start(config: &Config) -> Result<Option<Arc<Self>>, StartError> {
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>, StartError> {
         let kind = config.directory.as_ref().map(|d| d.kind);
         let started = match kind {
             None => None,
-            Some(DirectoryKind::Native) => native::Native::start(config)?.map(Self::Native),
+            Some(DirectoryKind::Native) => {
+                native::Native::start(config, metrics)?.map(Self::Native)
+            }
             Some(DirectoryKind::FlexMeasures) => {
-                flexmeasures::FlexMeasures::start(config)?.map(Self::FlexMeasures)
+                flexmeasures::FlexMeasures::start(config, metrics)?.map(Self::FlexMeasures)
             }
         };
         Ok(started.map(Arc::new))

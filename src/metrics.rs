@@ -27,6 +27,7 @@ pub struct Metrics {
     rate_limit_store_errors: prometheus::IntCounter,
     rate_limit_keys: IntGauge,
     lockouts: prometheus::IntCounter,
+    password_checks: prometheus::IntCounter,
 }
 
 /// What became of a request.
@@ -142,6 +143,12 @@ impl Metrics {
             "login_lockouts_total",
             "Login lockouts started after too many failed attempts.",
         )?;
+        let password_checks = prometheus::IntCounter::new(
+            "password_checks_total",
+            "Password hash verifications (bcrypt or argon2) run for logins: one per attempt, \
+             whether the email names a user or not.",
+        )?;
+        registry.register(Box::new(password_checks.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(rate_limit_store_errors.clone()))?;
         registry.register(Box::new(rate_limit_keys.clone()))?;
@@ -183,6 +190,7 @@ impl Metrics {
             rate_limit_store_errors,
             rate_limit_keys,
             lockouts,
+            password_checks,
         })
     }
 
@@ -260,6 +268,11 @@ impl Metrics {
                 .with_label_values(&["failure"])
                 .inc(),
         }
+    }
+
+    /// Counts one password hash verification.
+    pub fn password_check(&self) {
+        self.password_checks.inc();
     }
 
     /// Counts an audit record that could not be queued.

@@ -95,6 +95,11 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
+        // pingora keeps an HTTP/1.1 connection open between requests for as long as
+        // the client likes; bound it. (A refusal may still end the connection.)
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(ctx.snapshot.client_idle_seconds()));
+        }
         match self.admit(session, ctx).await {
             Ok(Admission::Forward(permit)) => {
                 ctx.permit = Some(permit);

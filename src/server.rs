@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::apps::http_app::HttpServer;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::ShutdownWatch;
@@ -90,7 +91,7 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
     let audit = Arc::new(audit);
     metrics.certificate_served(pair.not_after.unix_timestamp());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
-    let authenticator = Authenticator::start(config)?;
+    let authenticator = Authenticator::start(config, metrics.clone())?;
     let limiter = Arc::new(RateLimiter::new(
         &config.rate_limits,
         config.redis.as_ref(),
@@ -144,6 +145,13 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
             None,
             listener_settings(certificates.clone())?,
         );
+    }
+    // HTTP/2 connections without a stream close after the idle timeout, as HTTP/1.1
+    // keep-alive does (`Gateway::request_filter`); pingora keeps both forever.
+    if let Some(logic) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(config.server.client_idle_timeout);
+        logic.server_options = Some(options);
     }
     server.add_service(proxy);
 

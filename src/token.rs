@@ -95,6 +95,7 @@ pub fn from_authorization(value: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::hmac;
 
     #[test]
     fn tokens_come_raw_or_as_bearer() {
@@ -106,5 +107,53 @@ mod tests {
         assert_eq!(from_authorization(b"Bearer "), None);
         let long = vec![b'a'; MAX_TOKEN_LENGTH + 1];
         assert_eq!(from_authorization(&long), None);
+    }
+
+    /// SECURITY: the algorithm is the key's, never the token's. A tag made with the
+    /// right key bytes under another HMAC, a cut or lengthened tag, or none, fails.
+    #[test]
+    fn only_the_keys_own_algorithm_and_whole_tag_verify() {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let secret = b"the key bytes, shared by every algorithm here";
+        let signed = "payload.timestamp";
+        for algorithm in [hmac::HMAC_SHA256, hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY] {
+            let keys = [hmac::Key::new(algorithm, secret)];
+            let tag = hmac::sign(&keys[0], signed.as_bytes());
+            assert_eq!(verify_signature(&keys, signed, &b64(tag.as_ref())), Ok(()));
+            for other in [
+                hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+                hmac::HMAC_SHA256,
+                hmac::HMAC_SHA384,
+                hmac::HMAC_SHA512,
+            ] {
+                if other == algorithm {
+                    continue;
+                }
+                let forged = hmac::sign(&hmac::Key::new(other, secret), signed.as_bytes());
+                assert_eq!(
+                    verify_signature(&keys, signed, &b64(forged.as_ref())),
+                    Err(TokenError::BadSignature),
+                    "{other:?} passed for {algorithm:?}"
+                );
+            }
+            let whole = tag.as_ref();
+            let mut longer = whole.to_vec();
+            longer.push(0);
+            for cut in [
+                &whole[..whole.len() - 1],
+                &whole[..16],
+                &whole[..1],
+                &[][..],
+                longer.as_slice(),
+            ] {
+                assert_eq!(
+                    verify_signature(&keys, signed, &b64(cut)),
+                    Err(TokenError::BadSignature),
+                    "a tag of {} bytes passed",
+                    cut.len()
+                );
+            }
+        }
     }
 }

@@ -65,6 +65,7 @@ pub struct Server {
     pub shutdown_timeout: Option<Spanned<DurationText>>,
     pub trusted_proxies: Option<Spanned<StringList>>,
     pub keepalive_pool_size: Option<Spanned<i64>>,
+    pub client_idle_timeout: Option<Spanned<DurationText>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -23,6 +23,7 @@ use super::{
     VerificationPath, Verified, migrate_now, on_runtime, password, start_runtime,
 };
 use crate::config::{Config, FlexMeasuresLogin};
+use crate::metrics::Metrics;
 use crate::rate_limit::lockout::Lockout;
 use crate::secret::Secret;
 use crate::store::{Database, FlexMeasuresDatabase, FlexMeasuresUser, StoreError};
@@ -46,10 +47,11 @@ pub struct FlexMeasures {
     login_path: String,
     /// The backend that answers logins, with `login = "pass-through"`.
     login_backend: Option<Arc<str>>,
+    metrics: Arc<Metrics>,
 }
 
 impl FlexMeasures {
-    pub fn start(config: &Config) -> Result<Option<Self>, StartError> {
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Option<Self>, StartError> {
         let (Some(settings), Some(flexmeasures)) = (&config.directory, &config.flexmeasures) else {
             return Ok(None);
         };
@@ -107,6 +109,7 @@ impl FlexMeasures {
                     .as_ref()
                     .map(|name| name.get_ref().as_str().into()),
             },
+            metrics,
         }))
     }
 
@@ -218,12 +221,14 @@ impl FlexMeasures {
         let dummy = self.dummy_hash.clone();
         let salt = self.password_salt.clone();
         let password = attempt.password;
+        let metrics = self.metrics.clone();
         // SECURITY: unknown users cost one bcrypt run like everyone else and get the
         // same answer as a wrong password; unknown hash formats never match.
         let check = self
             .pool
             .run(move || {
                 let stored = stored.as_ref().map_or(&*dummy, |s| s.expose().as_str());
+                metrics.password_check();
                 flask_security::verify_password(&password, stored, salt.expose())
             })
             .await

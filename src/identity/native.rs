@@ -24,6 +24,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::directory::{self, Change, Directory, User, UserId};
+use crate::metrics::Metrics;
 use crate::rate_limit::lockout::Lockout;
 use crate::secret::Secret;
 use crate::store::StoreError;
@@ -94,12 +95,13 @@ pub struct Native {
     bcrypt_cost: u32,
     dummy_hash: Arc<str>,
     login_path: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Native {
     /// Starts the identity runtime, applies migrations and the change feed. `None`
     /// when the configuration has no directory.
-    pub fn start(config: &Config) -> Result<Option<Self>, StartError> {
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Option<Self>, StartError> {
         let Some(settings) = &config.directory else {
             return Ok(None);
         };
@@ -153,6 +155,7 @@ impl Native {
             bcrypt_cost: settings.bcrypt_cost,
             dummy_hash,
             login_path: settings.login_path.clone(),
+            metrics,
         }))
     }
 
@@ -341,12 +344,14 @@ impl Native {
         .map_err(|e| LoginError::Unavailable(e.to_string()))?;
         let dummy = self.dummy_hash.clone();
         let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let metrics = self.metrics.clone();
         // SECURITY: unknown users and inactive users cost one bcrypt run like everyone
         // else, and get the same answer as a wrong password.
         let issued = self
             .pool
             .run(move || {
                 let hash = hash.as_ref().map(|h| h.expose().as_str());
+                metrics.password_check();
                 password::verify(&password, hash, &dummy)
                     .then(|| hash.map(token::password_crypt))
                     .flatten()

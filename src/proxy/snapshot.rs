@@ -38,6 +38,8 @@ pub struct Snapshot {
     signer: Option<IdentitySigner>,
     /// Policy rules; when set, they replace `routes`.
     rules: Option<Arc<RuleSet>>,
+    /// `[server] client_idle_timeout` in seconds, for HTTP/1.1 keep-alive.
+    client_idle_seconds: u64,
 }
 
 impl Snapshot {
@@ -62,6 +64,7 @@ impl Snapshot {
                 .as_ref()
                 .map(|fm| (fm.auth_token_in_request, fm.max_json_body)),
             rules: config.rules.clone(),
+            client_idle_seconds: config.server.client_idle_timeout.as_secs().max(1),
             signer: config
                 .identity_headers
                 .signing_secret
@@ -109,6 +112,10 @@ impl Snapshot {
 
     pub fn hsts(&self) -> &HeaderValue {
         &self.hsts
+    }
+
+    pub fn client_idle_seconds(&self) -> u64 {
+        self.client_idle_seconds
     }
 
     /// A fresh peer for the named backend.

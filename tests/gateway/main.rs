@@ -23,6 +23,7 @@ mod failures;
 mod faults;
 mod flexmeasures;
 mod headers;
+mod keepalive;
 mod no_secrets;
 mod policies;
 mod rate_limits;

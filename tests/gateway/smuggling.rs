@@ -146,11 +146,21 @@ address = "{}"
 connect_timeout = "500ms"
 read_timeout = "2s"
 
+[rate_limits.classes]
+once = "1/h per ip"
+
 [[route]]
 id = "private"
 path_prefix = "/private"
 backend = "raw"
 auth = "token"
+
+[[route]]
+id = "limited"
+path_prefix = "/limited"
+backend = "raw"
+auth = "public"
+rate_limit = ["once"]
 
 [[route]]
 id = "all"
@@ -227,8 +237,11 @@ enum Expect {
     RefusedInTheBody,
     /// Refused, or forwarded as one normalized request and answered.
     Either,
-    /// 401 for the first request, then either the second (`/pipelined`) forwarded
-    /// and answered in order, or the connection closed with nothing forwarded.
+    /// Answered by the gateway itself with this status; the backend sees nothing.
+    Denied(u16),
+    /// 401 or 429 for the first request, then either the second (`/pipelined`)
+    /// forwarded and answered in order, or the connection closed with nothing
+    /// forwarded.
     Pipelined,
 }
 
@@ -383,11 +396,33 @@ fn vectors() -> Vec<Vector> {
                 "POST /private/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{SMUGGLED}",
                 SMUGGLED.len()
             ),
-            expect: Expect::Either,
+            expect: Expect::Denied(401),
         },
         Vector {
             name: "a pipelined request after a gateway 401",
             bytes: "GET /private/x HTTP/1.1\r\nHost: localhost\r\n\r\nGET /pipelined HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(),
+            expect: Expect::Pipelined,
+        },
+        // `/limited` allows one request per hour: the runner spends it first.
+        Vector {
+            name: "body after a gateway 429",
+            bytes: format!(
+                "POST /limited/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{SMUGGLED}",
+                SMUGGLED.len()
+            ),
+            expect: Expect::Denied(429),
+        },
+        Vector {
+            name: "chunked body after a gateway 429",
+            bytes: format!(
+                "POST /limited/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n{SMUGGLED}",
+                SMUGGLED.len()
+            ),
+            expect: Expect::Denied(429),
+        },
+        Vector {
+            name: "a pipelined request after a gateway 429",
+            bytes: "GET /limited/x HTTP/1.1\r\nHost: localhost\r\n\r\nGET /pipelined HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(),
             expect: Expect::Pipelined,
         },
     ]);
@@ -402,8 +437,15 @@ async fn framing_attacks_are_refused_or_normalized_and_never_smuggle_a_request()
         // the next one, and the backend's log is this vector's alone.
         let backend = RawBackend::start(OK);
         let gateway = gateway(&backend);
+        let spent = if vector.bytes.contains(" /limited/") {
+            let reply = gateway.tls().get("/limited/spend", "").await;
+            assert_eq!(reply.status, 200, "{}: spending the limit", vector.name);
+            backend.requests().len()
+        } else {
+            0
+        };
         let (answer, closed) = exchange_and_close(&gateway, vector.bytes.as_bytes()).await;
-        let seen = backend.requests();
+        let seen = backend.requests().split_off(spent);
         let statuses = statuses(&answer);
         // A request *line* for it: the smuggled text may travel as a body.
         let smuggled = seen.iter().any(|r| r.starts_with("GET /smuggled"));
@@ -427,13 +469,19 @@ async fn framing_attacks_are_refused_or_normalized_and_never_smuggle_a_request()
             Some(format!("the backend saw {} requests", seen.len()))
         } else if vector.expect == Expect::Refused && !(first == Some(400) && seen.is_empty()) {
             Some("not refused before the backend".to_owned())
+        } else if let Expect::Denied(status) = vector.expect
+            && !(first == Some(status) && seen.is_empty())
+        {
+            Some(format!("not answered {status} by the gateway"))
         } else if vector.expect == Expect::RefusedInTheBody && !client_error {
             Some("not refused".to_owned())
         } else if vector.expect == Expect::Pipelined
-            && !((statuses == [401, 200]
-                && seen.len() == 1
-                && seen[0].starts_with("GET /pipelined "))
-                || (statuses == [401] && seen.is_empty() && closed))
+            && !(matches!(first, Some(401 | 429))
+                && ((statuses.len() == 2
+                    && statuses[1] == 200
+                    && seen.len() == 1
+                    && seen[0].starts_with("GET /pipelined "))
+                    || (statuses.len() == 1 && seen.is_empty() && closed)))
         {
             Some("the pipelined request was not answered in order".to_owned())
         } else if first.is_none() && !seen.is_empty() {

@@ -444,15 +444,25 @@ impl TlsClient {
     }
 
     async fn connect(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+        self.try_connect(alpn)
+            .await
+            .expect("connect and TLS handshake")
+    }
+
+    /// A TLS connection offering `alpn`; the error when connecting or the handshake
+    /// fails.
+    pub async fn try_connect(
+        &self,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut config = rustls::ClientConfig::builder()
             .with_root_certificates(self.roots.clone())
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let tcp = TcpStream::connect(self.address).await.expect("connect");
+        let tcp = TcpStream::connect(self.address).await?;
         TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("localhost").expect("name"), tcp)
             .await
-            .expect("tls handshake")
     }
 
     /// A TLS connection speaking HTTP/1.1 (by ALPN), for tests that write raw bytes.

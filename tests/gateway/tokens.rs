@@ -2,7 +2,7 @@
 //! and Redis for the multi-instance cases.
 
 use portcullis::secret::Secret;
-use portcullis::token::TokenKeys;
+use portcullis::token::{MAX_TOKEN_LENGTH, TokenKeys};
 
 use super::support::{ClosedPort, EchoBackend, admin_get, metric};
 use super::users::{
@@ -166,6 +166,132 @@ async fn expired_and_future_tokens_are_refused() {
     assert_eq!(get_with(&gateway, "/data", &almost).await, 200);
 }
 
+/// `signed` (`payload.timestamp`) with a tag made by `algorithm` under `key`.
+fn signed_with(algorithm: ring::hmac::Algorithm, key: &[u8], signed: &str) -> String {
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(algorithm, key), signed.as_bytes());
+    format!("{signed}.{}", b64(tag.as_ref()))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_wrong_algorithm_tokens_are_refused() {
+    use ring::hmac::{HMAC_SHA1_FOR_LEGACY_USE_ONLY, HMAC_SHA256, HMAC_SHA384, HMAC_SHA512};
+    let backend = EchoBackend::start();
+    let gateway = gateway(&Stores::sqlite(), backend.address);
+    seed(&gateway.config);
+    let token = token(&gateway).await;
+    let (signed, _) = token.rsplit_once('.').expect("signature");
+    let (payload, timestamp) = signed.split_once('.').expect("timestamp");
+    // The key the gateway derives from its secret (DESIGN §3), as someone who
+    // learnt it would use it: every refusal below is the algorithm's or the length's.
+    let derived = ring::hmac::sign(
+        &ring::hmac::Key::new(HMAC_SHA256, TOKEN_SECRET.as_bytes()),
+        b"portcullis native token v1",
+    );
+    let key = derived.as_ref();
+    assert_eq!(
+        get_with(&gateway, "/data", &signed_with(HMAC_SHA256, key, signed)).await,
+        200,
+        "re-signing with the gateway's own algorithm and key is accepted"
+    );
+
+    // The same claims with JSON whitespace: validly signed at any length.
+    let json = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("payload")
+    };
+    let padded = |spaces: usize| {
+        let mut padded = json.clone();
+        padded.splice(1..1, std::iter::repeat_n(b' ', spaces));
+        signed_with(HMAC_SHA256, key, &format!("{}.{timestamp}", b64(&padded)))
+    };
+    let within = padded(300);
+    assert!(within.len() <= MAX_TOKEN_LENGTH);
+    assert_eq!(get_with(&gateway, "/data", &within).await, 200);
+    let over = (300..)
+        .map(padded)
+        .find(|token| token.len() > MAX_TOKEN_LENGTH)
+        .expect("a token over the limit");
+    assert!(over.len() <= MAX_TOKEN_LENGTH + 2, "just over the limit");
+    assert_eq!(get_with(&gateway, "/data", &over).await, 401);
+    let huge = gateway
+        .tls()
+        .get("/data", &format!("Authorization: {}\r\n", padded(60_000)))
+        .await;
+    assert!(
+        (400..500).contains(&huge.status),
+        "a 60 kB token: {}",
+        huge.status
+    );
+
+    let jwt_header = |alg: &str| b64(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
+    let jwt_claims = b64(&json);
+    let flask_security = portcullis::token::FlaskSecurityKeys::new(
+        &[Secret::new(TOKEN_SECRET.as_bytes().to_vec())],
+        portcullis::token::flask_security::DEFAULT_SALT,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(1),
+    )
+    .expect("keys");
+    let wrong = [
+        (
+            "HMAC-SHA1 with the derived key",
+            signed_with(HMAC_SHA1_FOR_LEGACY_USE_ONLY, key, signed),
+        ),
+        (
+            "HMAC-SHA384 with the derived key",
+            signed_with(HMAC_SHA384, key, signed),
+        ),
+        (
+            "HMAC-SHA512 with the derived key",
+            signed_with(HMAC_SHA512, key, signed),
+        ),
+        (
+            "HMAC-SHA256 with the secret itself",
+            signed_with(HMAC_SHA256, TOKEN_SECRET.as_bytes(), signed),
+        ),
+        ("no signature", format!("{signed}.")),
+        (
+            "JWT alg none",
+            format!("{}.{jwt_claims}.", jwt_header("none")),
+        ),
+        (
+            "JWT HS256 with the secret",
+            signed_with(
+                HMAC_SHA256,
+                TOKEN_SECRET.as_bytes(),
+                &format!("{}.{jwt_claims}", jwt_header("HS256")),
+            ),
+        ),
+        (
+            "the FlexMeasures format with the same secret",
+            flask_security.issue("1", now() as f64),
+        ),
+    ];
+    for (name, forged) in wrong {
+        assert_eq!(get_with(&gateway, "/data", &forged).await, 401, "{name}");
+    }
+    assert_eq!(
+        backend.received().len(),
+        2,
+        "only the two validly signed tokens within the limit got through"
+    );
+    assert_eq!(
+        metric(
+            &gateway,
+            "portcullis_token_checks_total{result=\"refused\"}"
+        )
+        .await,
+        Some(10.0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_passwords_unknown_emails_and_inactive_users_get_one_uniform_401() {
     let backend = EchoBackend::start();
@@ -207,6 +333,20 @@ async fn wrong_passwords_unknown_emails_and_inactive_users_get_one_uniform_401()
     assert_eq!(wrong, unknown);
     assert_eq!(wrong, inactive);
     assert_eq!(wrong, long);
+    // Nor by time: every attempt cost one bcrypt run (the unknown email and the
+    // over-long password against a dummy hash of the same cost). The times
+    // themselves are measured by the `login` group in `benches/tokens.rs`.
+    let checks = "portcullis_password_checks_total";
+    assert_eq!(metric(&gateway, checks).await, Some(4.0));
+    for email in [
+        "nobody@example.com",
+        "nobody@example.org",
+        "ANN@example.com",
+    ] {
+        let (status, _) = login(&gateway, email, "wrong password!").await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(metric(&gateway, checks).await, Some(7.0));
 
     let tls = gateway.tls();
     let malformed = tls
