@@ -280,9 +280,9 @@ impl Metrics {
         self.audit_dropped.inc();
     }
 
-    /// Counts an audit record that could not be written.
-    pub fn audit_write_error(&self) {
-        self.audit_write_errors.inc();
+    /// Counts audit records that could not be written.
+    pub fn audit_write_errors(&self, records: u64) {
+        self.audit_write_errors.inc_by(records);
     }
 
     /// The Prometheus text exposition of every metric.

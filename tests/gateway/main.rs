@@ -31,6 +31,7 @@ mod redirect;
 mod responses;
 mod shutdown;
 mod smuggling;
+mod soak;
 mod tls_profile;
 mod tokens;
 mod web_login;

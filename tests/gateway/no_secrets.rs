@@ -3,22 +3,8 @@
 //! wrote (log and audit) and everything the admin CLI printed on stderr for every
 //! secret the run used. None may appear.
 
-use std::process::{Child, Command, Stdio};
-
-use portcullis::dev_certs::DevCertificates;
-
-use super::support::{EchoBackend, TlsClient, free_ports, wait_until_listening};
+use super::support::{EchoBackend, ProcessConfig, TlsClient};
 use super::users::{SIGNING_SECRET, TOKEN_SECRET, cli};
-
-/// Stops the gateway when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const FIRST_PASSWORD: &str = "first secret passphrase";
 const SECOND_PASSWORD: &str = "second secret passphrase";
@@ -44,27 +30,8 @@ async fn login(client: &TlsClient, password: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_password_token_cookie_or_secret_reaches_logs_or_audit() {
     let backend = EchoBackend::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certificates = DevCertificates::generate().expect("certificates");
-    let paths = certificates.write(dir.path()).expect("write certificates");
-    std::fs::write(dir.path().join("token.key"), TOKEN_SECRET).expect("key");
-    std::fs::write(dir.path().join("signing.key"), SIGNING_SECRET).expect("key");
-    let [https, admin] = free_ports();
-    let config = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[listen]
-https = ["{https}"]
-
-[admin]
-listen = ["{admin}"]
-
-[tls]
-certificate = "{certificate}"
-private_key = "{key}"
-
-[log]
+    let setup = ProcessConfig::write(&format!(
+        r#"[log]
 format = "json"
 level = "debug"
 
@@ -91,12 +58,10 @@ path_prefix = "/"
 backend = "echo"
 auth = "token"
 "#,
-            backend = backend.address,
-            certificate = paths.certificate.display(),
-            key = paths.private_key.display(),
-        ),
-    )
-    .expect("config");
+        backend = backend.address,
+    ));
+    std::fs::write(setup.dir.path().join("signing.key"), SIGNING_SECRET).expect("key");
+    let config = setup.path.clone();
 
     let mut cli_stderr = String::new();
     let mut admin = |args: &[&str], stdin: Option<&str>| {
@@ -123,20 +88,9 @@ auth = "token"
         Some(&format!("{FIRST_PASSWORD}\n")),
     );
 
-    let log_path = dir.path().join("gateway.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let gateway = Running(
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(log.try_clone().expect("clone"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start gateway"),
-    );
-    wait_until_listening(https);
-    let client = TlsClient::new(https, &certificates.ca_pem);
+    let log_path = setup.dir.path().join("gateway.log");
+    let gateway = setup.start();
+    let client = TlsClient::new(setup.https, &setup.ca_pem);
 
     let (status, first_token) = login(&client, FIRST_PASSWORD).await;
     assert_eq!(status, 200);
@@ -186,7 +140,7 @@ auth = "token"
     drop(gateway);
 
     let log = std::fs::read_to_string(&log_path).expect("log");
-    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).expect("audit");
+    let audit = std::fs::read_to_string(setup.dir.path().join("audit.jsonl")).expect("audit");
     assert!(
         log.contains("\"request\""),
         "the log has request lines:\n{log}"

@@ -131,8 +131,16 @@ impl LoopbackServer {
 /// after `delay` if set. Runs on its own thread and runtime; stops when dropped.
 pub struct EchoBackend {
     pub address: SocketAddr,
-    received: Arc<Mutex<VecDeque<Received>>>,
+    log: RequestLog,
     _server: LoopbackServer,
+}
+
+/// What an echo backend received: every request, or (for load) only their number.
+#[derive(Clone)]
+struct RequestLog {
+    requests: Arc<Mutex<VecDeque<Received>>>,
+    count: Arc<std::sync::atomic::AtomicU64>,
+    keep: bool,
 }
 
 impl EchoBackend {
@@ -141,7 +149,13 @@ impl EchoBackend {
     }
 
     pub fn start_with_delay(delay: Duration) -> Self {
-        Self::spawn(delay, None)
+        Self::spawn(delay, None, true)
+    }
+
+    /// An echo backend that only counts requests (for load, where keeping each
+    /// would grow without bound).
+    pub fn start_counting() -> Self {
+        Self::spawn(Duration::ZERO, None, false)
     }
 
     /// An echo backend behind TLS with the given server certificate.
@@ -161,14 +175,19 @@ impl EchoBackend {
         Self::spawn(
             Duration::ZERO,
             Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            true,
         )
     }
 
-    fn spawn(delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        let received = Arc::new(Mutex::new(VecDeque::new()));
-        let log = received.clone();
+    fn spawn(delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>, keep: bool) -> Self {
+        let log = RequestLog {
+            requests: Arc::default(),
+            count: Arc::default(),
+            keep,
+        };
+        let server_log = log.clone();
         let server = LoopbackServer::start(move |stream| {
-            let log = log.clone();
+            let log = server_log.clone();
             let tls = tls.clone();
             async move {
                 match tls {
@@ -183,14 +202,25 @@ impl EchoBackend {
         });
         Self {
             address: server.address,
-            received,
+            log,
             _server: server,
         }
     }
 
     /// Every request received so far, oldest first.
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().expect("log").iter().cloned().collect()
+        self.log
+            .requests
+            .lock()
+            .expect("log")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// How many requests arrived so far.
+    pub fn count(&self) -> u64 {
+        self.log.count.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The only request received; fails the test otherwise.
@@ -201,7 +231,7 @@ impl EchoBackend {
     }
 }
 
-async fn serve_connection<S>(stream: S, log: Arc<Mutex<VecDeque<Received>>>, delay: Duration)
+async fn serve_connection<S>(stream: S, log: RequestLog, delay: Duration)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -219,12 +249,15 @@ where
                 .path_and_query()
                 .map(|pq| pq.as_str().to_owned())
                 .unwrap_or_default();
-            log.lock().expect("log").push_back(Received {
-                method: parts.method.to_string(),
-                target,
-                headers: parts.headers,
-                body,
-            });
+            log.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if log.keep {
+                log.requests.lock().expect("log").push_back(Received {
+                    method: parts.method.to_string(),
+                    target,
+                    headers: parts.headers,
+                    body,
+                });
+            }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -373,6 +406,106 @@ fn join_within(thread: JoinHandle<()>, limit: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = thread.join();
+}
+
+/// A configuration for a gateway process, in a temporary directory of its own with
+/// fresh certificates, the test token secret in `token.key` and free ports for the
+/// https and admin listeners. `body` follows `[listen]`, `[admin]` and `[tls]`.
+pub struct ProcessConfig {
+    pub dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+    pub https: SocketAddr,
+    pub ca_pem: String,
+}
+
+impl ProcessConfig {
+    pub fn write(body: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certificates = DevCertificates::generate().expect("certificates");
+        let paths = certificates.write(dir.path()).expect("write certificates");
+        std::fs::write(dir.path().join("token.key"), crate::users::TOKEN_SECRET).expect("key");
+        let [https, admin] = free_ports();
+        let path = dir.path().join("portcullis.toml");
+        let text = format!(
+            "[listen]\nhttps = [\"{https}\"]\n\n[admin]\nlisten = [\"{admin}\"]\n\n\
+             [tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n{body}",
+            paths.certificate.display(),
+            paths.private_key.display(),
+        );
+        std::fs::write(&path, text).expect("config");
+        Self {
+            dir,
+            path,
+            https,
+            ca_pem: certificates.ca_pem,
+        }
+    }
+
+    /// Starts the gateway binary on this configuration, logging to `gateway.log`.
+    pub fn start(&self) -> GatewayProcess {
+        GatewayProcess::start(&self.path, &self.dir.path().join("gateway.log"), self.https)
+    }
+}
+
+/// The gateway binary in a process of its own, for what must be measured apart from
+/// the test (memory, open files) or counted against limits of its own. Killed when
+/// dropped.
+pub struct GatewayProcess {
+    child: std::process::Child,
+}
+
+impl GatewayProcess {
+    /// Runs `portcullis run --config config` with its output in `log`, and waits
+    /// until `https` listens.
+    pub fn start(config: &std::path::Path, log: &std::path::Path, https: SocketAddr) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start gateway");
+        let running = Self { child };
+        wait_until_listening(https);
+        running
+    }
+
+    fn proc(&self, name: &str) -> std::path::PathBuf {
+        std::path::Path::new("/proc")
+            .join(self.child.id().to_string())
+            .join(name)
+    }
+
+    /// Resident memory (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(self.proc("status")).expect("/proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Open file descriptors (sockets, files, the runtime's own).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(self.proc("fd"))
+            .expect("/proc fd")
+            .count()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub fn wait_until_listening(address: SocketAddr) {
