@@ -185,7 +185,10 @@ impl AuditWriter {
                     self.write(output.as_mut(), &batch).await;
                     // Let the next records gather: under load, requests then queue
                     // theirs without waking this thread, and one write takes many.
-                    tokio::time::sleep(BATCH_PAUSE).await;
+                    // A full batch means more are waiting: no pause then.
+                    if batch.records < MAX_BATCH {
+                        tokio::time::sleep(BATCH_PAUSE).await;
+                    }
                 }
             }
         }
