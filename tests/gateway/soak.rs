@@ -429,6 +429,9 @@ async fn worker(client: Arc<TlsClient>, token: Arc<str>, id: usize, until: Insta
     let mut h1: Option<Http1> = None;
     let mut h2 = None;
     let bearer = format!("Bearer {token}");
+    // The token with another last character: never the token itself.
+    let last = if token.ends_with('A') { "Q" } else { "A" };
+    let forged = format!("{}{last}", &token[..token.len() - 1]);
     let upload = Bytes::from(vec![b'x'; 8 * 1024]);
     let login = serde_json::json!({"email": "ann@example.com", "password": PASSWORD}).to_string();
     let mut n = id as u64;
@@ -501,7 +504,7 @@ async fn worker(client: Arc<TlsClient>, token: Arc<str>, id: usize, until: Insta
             Kind::Forged => Ok(client
                 .get(
                     &format!("/data/{id}/{n}"),
-                    &format!("Authorization: Bearer {}x\r\n", &token[..token.len() - 1]),
+                    &format!("Authorization: Bearer {forged}\r\n"),
                 )
                 .await
                 .status),
