@@ -12,17 +12,9 @@ const WRONG_PASSWORD: &str = "wrong guess passphrase";
 const COOKIE: &str = "session-cookie-value-8f3a";
 
 async fn login(client: &TlsClient, password: &str) -> (u16, String) {
-    let body = serde_json::json!({"email": "ann@example.com", "password": password});
-    let reply = client
-        .post(
-            "/api/requestAuthToken",
-            "application/json",
-            &body.to_string(),
-        )
-        .await;
-    let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    let (status, json) = super::users::login_with(client, "ann@example.com", password).await;
     (
-        reply.status,
+        status,
         json["auth_token"].as_str().unwrap_or_default().to_owned(),
     )
 }

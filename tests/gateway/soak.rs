@@ -152,15 +152,7 @@ auth = "token"
 }
 
 async fn login(client: &TlsClient) -> Option<String> {
-    let body = serde_json::json!({"email": "ann@example.com", "password": PASSWORD});
-    let reply = client
-        .post(
-            "/api/requestAuthToken",
-            "application/json",
-            &body.to_string(),
-        )
-        .await;
-    let json: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
+    let (_, json) = crate::users::login_with(client, "ann@example.com", PASSWORD).await;
     json["auth_token"].as_str().map(str::to_owned)
 }
 

@@ -279,9 +279,18 @@ pub async fn token_of(gateway: &TestGateway, email: &str) -> String {
 
 /// Logs in over HTTPS; returns the token and user id.
 pub async fn login(gateway: &TestGateway, email: &str, password: &str) -> (u16, serde_json::Value) {
+    login_with(&gateway.tls(), email, password).await
+}
+
+/// Logs in with `client` (a gateway of the test's own or a separate process);
+/// returns the status and the JSON answer (`Null` when it is not JSON).
+pub async fn login_with(
+    client: &super::support::TlsClient,
+    email: &str,
+    password: &str,
+) -> (u16, serde_json::Value) {
     let body = serde_json::json!({"email": email, "password": password}).to_string();
-    let reply = gateway
-        .tls()
+    let reply = client
         .post("/api/requestAuthToken", "application/json", &body)
         .await;
     let json = serde_json::from_slice(&reply.body).unwrap_or(serde_json::Value::Null);

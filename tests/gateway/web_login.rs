@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
-use super::support::{DEADLINE, EchoBackend, Ports, Reply, TestGateway, config_text};
+use super::support::{
+    DEADLINE, EchoBackend, LoopbackServer, Ports, Reply, TestGateway, config_text,
+};
 use super::users::{PASSWORD, Stores, add_user, cli, cli_ok, seed};
 
 pub const WEB_LOGIN_SECRET: &str = "web login test secret, at least 32 bytes";
@@ -19,35 +21,23 @@ pub const WEB_LOGIN_SECRET: &str = "web login test secret, at least 32 bytes";
 pub struct SmtpReceiver {
     pub address: std::net::SocketAddr,
     mails: Arc<Mutex<Vec<String>>>,
-    _thread: std::thread::JoinHandle<()>,
+    _server: LoopbackServer,
 }
 
 impl SmtpReceiver {
     pub fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind smtp");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let address = listener.local_addr().expect("address");
         let mails = Arc::new(Mutex::new(Vec::new()));
         let kept = mails.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                while let Ok((stream, _)) = listener.accept().await {
-                    let kept = kept.clone();
-                    tokio::spawn(async move {
-                        let _ = session(stream, kept).await;
-                    });
-                }
-            });
+        let server = LoopbackServer::start(move |stream| {
+            let kept = kept.clone();
+            async move {
+                let _ = session(stream, kept).await;
+            }
         });
         Self {
-            address,
+            address: server.address,
             mails,
-            _thread: thread,
+            _server: server,
         }
     }
 
