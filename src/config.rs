@@ -133,7 +133,8 @@ pub struct ServerSettings {
 
 pub use flexmeasures::{FlexMeasuresLogin, FlexMeasuresSettings, TokenInRequest};
 pub use identity::{
-    DirectoryKind, DirectorySettings, IdentityHeaderSettings, RedisSettings, TokenSettings,
+    DirectoryKind, DirectorySettings, IdentityHeaderSettings, PasswordPriority, RedisSettings,
+    TokenSettings,
 };
 pub use rate_limits::{default_classes, rule_classes, spec_problem};
 pub use raw::StringList;

@@ -267,14 +267,12 @@ async fn on_runtime<T: Send + 'static>(
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
 }
 
-/// Starts the identity runtime: two workers, and blocking threads for the password
-/// pool.
-fn start_runtime(
-    password_workers: usize,
-) -> Result<(OwnedRuntime, tokio::runtime::Handle), StartError> {
+/// Starts the identity runtime: two workers for the database and the caches (the
+/// password checks have threads of their own, see `blocking`).
+fn start_runtime() -> Result<(OwnedRuntime, tokio::runtime::Handle), StartError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(password_workers + 2)
+        .max_blocking_threads(4)
         .thread_name("portcullis-identity")
         .enable_all()
         .build()

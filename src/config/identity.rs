@@ -23,6 +23,17 @@ pub enum DirectoryKind {
     FlexMeasures,
 }
 
+/// How the password threads (bcrypt, sha256_crypt) are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PasswordPriority {
+    /// Below every other thread (Linux `SCHED_IDLE`): hashing uses the CPU proxied
+    /// traffic leaves, so a login storm does not slow proxied requests.
+    #[default]
+    Background,
+    /// Like every other thread: logins compete with proxied traffic for the CPU.
+    Normal,
+}
+
 #[derive(Debug, Clone)]
 pub struct DirectorySettings {
     pub kind: DirectoryKind,
@@ -44,6 +55,8 @@ pub struct DirectorySettings {
     pub password_workers: usize,
     /// Waiting verifications beyond which logins get 503 at once.
     pub password_queue: usize,
+    /// How the hashing threads are scheduled against proxied traffic.
+    pub password_priority: PasswordPriority,
     /// Where `POST` issues tokens; served on every host.
     pub login_path: String,
 }
@@ -185,6 +198,21 @@ impl Check<'_> {
         );
         let password_workers = self.count(raw.password_workers, cpus, 1024, "password_workers");
         let password_queue = self.count(raw.password_queue, 64, 100_000, "password_queue");
+        let password_priority = match raw.password_priority.as_ref() {
+            None => PasswordPriority::default(),
+            Some(text) => match text.get_ref().as_str() {
+                "background" => PasswordPriority::Background,
+                "normal" => PasswordPriority::Normal,
+                other => {
+                    self.error(
+                        Problem::error(format!("unknown password_priority `{other}`"))
+                            .at(text.span())
+                            .help("use `background` (password checks use the CPU proxied traffic leaves) or `normal`"),
+                    );
+                    PasswordPriority::default()
+                }
+            },
+        };
         let bcrypt_cost = match raw.bcrypt_cost {
             None => 12,
             Some(cost) => match u32::try_from(*cost.get_ref()) {
@@ -257,6 +285,7 @@ impl Check<'_> {
             bcrypt_cost,
             password_workers,
             password_queue,
+            password_priority,
             login_path,
         })
     }

@@ -95,6 +95,7 @@ pub struct Directory {
     pub bcrypt_cost: Option<Spanned<i64>>,
     pub password_workers: Option<Spanned<i64>>,
     pub password_queue: Option<Spanned<i64>>,
+    pub password_priority: Option<Spanned<String>>,
     pub login_path: Option<Spanned<String>>,
 }
 

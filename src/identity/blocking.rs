@@ -1,14 +1,20 @@
 //! The bounded pool for CPU-heavy work: bcrypt and sha256_crypt (CONVENTIONS 9).
 //!
-//! At most `workers` jobs run at once, on the identity runtime's blocking threads,
-//! never on a proxy event loop; at most `queue` more wait. Beyond that a job is
-//! refused at once, so a login storm turns into quick 503s instead of a growing
-//! backlog that would hold connections and memory.
+//! `workers` threads of the pool's own run the jobs, never a proxy event loop; at
+//! most `queue` more jobs wait. Beyond that a job is refused at once, so a login
+//! storm turns into quick 503s instead of a growing backlog that would hold
+//! connections and memory.
+//!
+//! With [`PasswordPriority::Background`] (the default) the threads are scheduled
+//! below everything else (Linux `SCHED_IDLE`): a proxy thread that has work takes
+//! the CPU from a running hash at once, so password checks use the CPU proxied
+//! traffic leaves and a login storm does not delay it.
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
-use tokio::sync::Semaphore;
+pub use crate::config::PasswordPriority;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
@@ -18,14 +24,15 @@ pub enum PoolError {
     Failed,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 pub struct BlockingPool {
-    runtime: tokio::runtime::Handle,
-    running: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
     limit: usize,
 }
 
-/// Counts one admitted job until dropped, even when the caller goes away.
+/// Counts one admitted job until it has run (or can no longer run).
 struct Admitted(Arc<AtomicUsize>);
 
 impl Drop for Admitted {
@@ -35,13 +42,23 @@ impl Drop for Admitted {
 }
 
 impl BlockingPool {
-    pub fn new(runtime: tokio::runtime::Handle, workers: usize, queue: usize) -> Self {
-        Self {
-            runtime,
-            running: Arc::new(Semaphore::new(workers.max(1))),
-            waiting: Arc::new(AtomicUsize::new(0)),
-            limit: workers.max(1) + queue,
+    /// Starts `workers` threads (at least one). They stop when the pool is dropped,
+    /// after the job they are running.
+    pub fn new(workers: usize, queue: usize, priority: PasswordPriority) -> std::io::Result<Self> {
+        let workers = workers.max(1);
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..workers {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name("portcullis-password".into())
+                .spawn(move || work(&receiver, priority))?;
         }
+        Ok(Self {
+            jobs,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            limit: workers + queue,
+        })
     }
 
     /// Jobs admitted and not yet finished.
@@ -49,6 +66,8 @@ impl BlockingPool {
         self.waiting.load(Ordering::Acquire)
     }
 
+    /// Runs `job` on a pool thread. A caller that goes away does not free its place
+    /// before the job has run: the bound is on work, not on waiting callers.
     pub async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
@@ -58,40 +77,81 @@ impl BlockingPool {
             return Err(PoolError::Busy);
         }
         let admitted = Admitted(self.waiting.clone());
-        let permit = self
-            .running
-            .clone()
-            .acquire_owned()
-            .await
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                // A panicking job fails its caller, not the thread.
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(job));
+                // The place is free before the caller hears of it.
+                drop(admitted);
+                if let Ok(value) = outcome {
+                    let _ = done.send(value);
+                }
+            }))
             .map_err(|_| PoolError::Failed)?;
-        let result = self
-            .runtime
-            .spawn_blocking(move || {
-                let _permit = permit;
-                job()
-            })
-            .await
-            .map_err(|_| PoolError::Failed);
-        drop(admitted);
-        result
+        result.await.map_err(|_| PoolError::Failed)
     }
+}
+
+/// A pool thread: takes jobs until the pool is gone.
+fn work(jobs: &Mutex<mpsc::Receiver<Job>>, priority: PasswordPriority) {
+    if priority == PasswordPriority::Background
+        && let Err(error) = schedule_in_background()
+    {
+        tracing::warn!(
+            %error,
+            "password checks could not be scheduled below proxied traffic; they run at normal priority"
+        );
+    }
+    loop {
+        let job = match jobs.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(),
+            Err(mpsc::RecvError) => return,
+        }
+    }
+}
+
+/// Puts the calling thread below every normal thread: Linux's `SCHED_IDLE`.
+#[cfg(target_os = "linux")]
+fn schedule_in_background() -> Result<(), thread_priority::Error> {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    )
+}
+
+/// Elsewhere the lowest priority the platform offers.
+#[cfg(not(target_os = "linux"))]
+fn schedule_in_background() -> Result<(), thread_priority::Error> {
+    thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn jobs_beyond_workers_and_queue_are_refused_at_once() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("runtime");
-        let pool = Arc::new(BlockingPool::new(runtime.handle().clone(), 1, 1));
+            .expect("runtime")
+    }
+
+    #[test]
+    fn jobs_beyond_workers_and_queue_are_refused_at_once() {
+        let pool = Arc::new(BlockingPool::new(1, 1, PasswordPriority::Normal).expect("pool"));
         let (release, gate) = std::sync::mpsc::channel::<()>();
-        let gate = Arc::new(std::sync::Mutex::new(gate));
-        runtime.block_on(async {
+        let gate = Arc::new(Mutex::new(gate));
+        runtime().block_on(async {
             let mut held = Vec::new();
             for _ in 0..2 {
                 let pool = pool.clone();
@@ -115,5 +175,61 @@ mod tests {
             }
             assert_eq!(pool.run(|| 7).await, Ok(7), "capacity returns");
         });
+    }
+
+    #[test]
+    fn a_caller_that_goes_away_keeps_its_place_until_the_job_ran() {
+        let pool = BlockingPool::new(1, 0, PasswordPriority::Normal).expect("pool");
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        runtime().block_on(async {
+            let abandoned = pool.run(move || gate.recv().is_ok());
+            // Polled once (admitted and sent), then dropped.
+            assert!(
+                tokio::time::timeout(std::time::Duration::from_millis(20), abandoned)
+                    .await
+                    .is_err()
+            );
+            assert_eq!(pool.load(), 1, "the job still runs");
+            assert_eq!(pool.run(|| 1).await, Err(PoolError::Busy));
+            release.send(()).expect("release");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while pool.load() > 0 && std::time::Instant::now() < deadline {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(pool.run(|| 2).await, Ok(2));
+        });
+    }
+
+    #[test]
+    fn a_panicking_job_fails_its_caller_and_the_pool_goes_on() {
+        let pool = BlockingPool::new(1, 0, PasswordPriority::Normal).expect("pool");
+        runtime().block_on(async {
+            let failed = pool.run(|| -> u8 { panic!("a job that panics") }).await;
+            assert_eq!(failed, Err(PoolError::Failed));
+            assert_eq!(pool.load(), 0);
+            assert_eq!(pool.run(|| 3).await, Ok(3));
+        });
+    }
+
+    /// The scheduling policy the pool's threads run jobs with.
+    #[cfg(target_os = "linux")]
+    fn policy_of_jobs(priority: PasswordPriority) -> thread_priority::unix::ThreadSchedulePolicy {
+        let pool = BlockingPool::new(2, 0, priority).expect("pool");
+        let policy = runtime().block_on(pool.run(thread_priority::unix::thread_schedule_policy));
+        policy.expect("the job ran").expect("policy readable")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_password_checks_are_scheduled_below_proxied_traffic() {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy::{Idle, Other},
+            ThreadSchedulePolicy::Normal,
+            thread_schedule_policy,
+        };
+        assert_eq!(policy_of_jobs(PasswordPriority::Background), Normal(Idle));
+        assert_eq!(policy_of_jobs(PasswordPriority::Normal), Normal(Other));
+        // The pool changed only its own threads.
+        assert_eq!(thread_schedule_policy().expect("policy"), Normal(Other));
     }
 }

@@ -63,7 +63,7 @@ impl FlexMeasures {
         ) else {
             return Ok(None);
         };
-        let (runtime, handle) = start_runtime(settings.password_workers)?;
+        let (runtime, handle) = start_runtime()?;
         let (database, state) = {
             let _guard = handle.enter();
             let database = FlexMeasuresDatabase::connect(
@@ -84,13 +84,15 @@ impl FlexMeasures {
         if let Some(state) = &state {
             migrate_now(&handle, state.clone(), settings.timeout * 10);
         }
+        let pool = BlockingPool::new(
+            settings.password_workers,
+            settings.password_queue,
+            settings.password_priority,
+        )
+        .map_err(StartError::Runtime)?;
         Ok(Some(Self {
             runtime,
-            pool: BlockingPool::new(
-                handle.clone(),
-                settings.password_workers,
-                settings.password_queue,
-            ),
+            pool,
             handle,
             database,
             state,

@@ -108,7 +108,7 @@ impl Native {
         let Some(keys) = TokenKeys::from_settings(&config.tokens) else {
             return Ok(None);
         };
-        let (runtime, handle) = start_runtime(settings.password_workers)?;
+        let (runtime, handle) = start_runtime()?;
         let directory = {
             let _guard = handle.enter();
             Arc::new(
@@ -139,10 +139,11 @@ impl Native {
             migrated,
         );
         let pool = BlockingPool::new(
-            handle.clone(),
             settings.password_workers,
             settings.password_queue,
-        );
+            settings.password_priority,
+        )
+        .map_err(StartError::Runtime)?;
         let dummy_hash: Arc<str> = password::dummy_hash(settings.bcrypt_cost).into();
         Ok(Some(Self {
             runtime,
