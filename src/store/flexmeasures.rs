@@ -34,10 +34,25 @@ pub struct FlexMeasuresDatabase {
     database: Database,
 }
 
-type UserRow = (i64, i64, String, bool, String, String, Option<i64>);
+type UserRow = (
+    i64,
+    i64,
+    String,
+    bool,
+    String,
+    String,
+    Option<i64>,
+    Vec<String>,
+    Vec<String>,
+);
 
+/// A user with their roles and their account's roles, in one round trip.
 const USER: &str = "SELECT u.id::bigint, u.account_id::bigint, u.email, u.active IS TRUE, \
-     u.password, u.fs_uniquifier, a.consultancy_account_id::bigint \
+     u.password, u.fs_uniquifier, a.consultancy_account_id::bigint, \
+     ARRAY(SELECT r.name::text FROM role r JOIN roles_users ru ON ru.role_id = r.id \
+           WHERE ru.user_id = u.id ORDER BY r.name), \
+     ARRAY(SELECT r.name::text FROM account_role r JOIN roles_accounts ra ON ra.role_id = r.id \
+           WHERE ra.account_id = u.account_id ORDER BY r.name) \
      FROM fm_user u JOIN account a ON a.id = u.account_id";
 
 fn unavailable(error: sqlx::Error) -> StoreError {
@@ -77,7 +92,7 @@ impl FlexMeasuresDatabase {
             .fetch_optional(self.pool()?)
             .await
             .map_err(unavailable)?;
-        self.complete(row).await
+        Ok(Self::complete(row))
     }
 
     /// The user logging in (emails compared case-insensitively, as FlexMeasures does).
@@ -88,28 +103,22 @@ impl FlexMeasuresDatabase {
                 .fetch_optional(self.pool()?)
                 .await
                 .map_err(unavailable)?;
-        self.complete(row).await
+        Ok(Self::complete(row))
     }
 
-    async fn complete(&self, row: Option<UserRow>) -> Result<Option<FlexMeasuresUser>, StoreError> {
-        let Some((id, account_id, email, active, password, uniquifier, consultancy)) = row else {
-            return Ok(None);
-        };
-        let roles = self
-            .names(
-                "SELECT r.name FROM role r JOIN roles_users ru ON ru.role_id = r.id \
-                 WHERE ru.user_id = $1 ORDER BY r.name",
-                id,
-            )
-            .await?;
-        let account_roles = self
-            .names(
-                "SELECT r.name FROM account_role r JOIN roles_accounts ra ON ra.role_id = r.id \
-                 WHERE ra.account_id = $1 ORDER BY r.name",
-                account_id,
-            )
-            .await?;
-        Ok(Some(FlexMeasuresUser {
+    fn complete(row: Option<UserRow>) -> Option<FlexMeasuresUser> {
+        let (
+            id,
+            account_id,
+            email,
+            active,
+            password,
+            uniquifier,
+            consultancy,
+            roles,
+            account_roles,
+        ) = row?;
+        Some(FlexMeasuresUser {
             id,
             account_id,
             email,
@@ -119,16 +128,6 @@ impl FlexMeasuresDatabase {
             consultancy,
             roles,
             account_roles,
-        }))
-    }
-
-    /// Role names of one user or account.
-    async fn names(&self, sql: &str, id: i64) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(sql)
-            .bind(id)
-            .fetch_all(self.pool()?)
-            .await
-            .map_err(unavailable)?;
-        Ok(rows.into_iter().map(|(name,)| name).collect())
+        })
     }
 }
