@@ -196,5 +196,172 @@ fn flexmeasures_tokens(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tokens, logins, flexmeasures_tokens);
+/// Users in the benchmark's FlexMeasures database: every cold check asks PostgreSQL
+/// about a user the cache (1 s) no longer holds.
+const FLEXMEASURES_USERS: usize = 50_000;
+
+/// A FlexMeasures database of its own on the PostgreSQL the tests use
+/// (`PORTCULLIS_TEST_POSTGRES`), dropped at the end.
+struct FlexMeasuresDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl FlexMeasuresDatabase {
+    fn create(runtime: &tokio::runtime::Runtime) -> Option<Self> {
+        use sqlx::Connection as _;
+        let admin = std::env::var("PORTCULLIS_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("portcullis_bench_{}", uuid::Uuid::new_v4().simple());
+        let url = format!(
+            "{}/{name}",
+            admin
+                .rsplit_once('/')
+                .map_or(admin.as_str(), |(base, _)| base)
+        );
+        let schema = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/flexmeasures/schema.sql"),
+        )
+        .expect("schema");
+        runtime.block_on(async {
+            let Ok(mut connection) = sqlx::PgConnection::connect(&admin).await else {
+                eprintln!("flexmeasures cold token: skipped, no PostgreSQL at {admin}");
+                return None;
+            };
+            sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+                .execute(&mut connection)
+                .await
+                .expect("create database");
+            let mut database = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::raw_sql(&schema).execute(&mut database).await.expect("schema");
+            sqlx::raw_sql(&format!(
+                "INSERT INTO fm_user (id, email, username, password, active, fs_uniquifier, account_id) \
+                 SELECT 1000 + g, 'bench' || g || '@example.com', 'bench' || g, 'unset', TRUE, \
+                        'uq-bench-' || g, 2 FROM generate_series(1, {FLEXMEASURES_USERS}) AS g; \
+                 INSERT INTO roles_users (user_id, role_id) SELECT 1000 + g, 3 \
+                        FROM generate_series(1, {FLEXMEASURES_USERS}) AS g; \
+                 ANALYZE;"
+            ))
+            .execute(&mut database)
+            .await
+            .expect("users");
+            Some(Self { admin, name, url })
+        })
+    }
+
+    fn execute(&self, runtime: &tokio::runtime::Runtime, sql: &str) {
+        use sqlx::Connection as _;
+        runtime.block_on(async {
+            let mut database = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            sqlx::raw_sql(sql)
+                .execute(&mut database)
+                .await
+                .expect("sql");
+        });
+    }
+}
+
+impl Drop for FlexMeasuresDatabase {
+    fn drop(&mut self) {
+        use sqlx::Connection as _;
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let Ok(runtime) = tokio::runtime::Runtime::new() else {
+            return;
+        };
+        runtime.block_on(async move {
+            if let Ok(mut connection) = sqlx::PgConnection::connect(&admin).await {
+                let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut connection)
+                    .await;
+            }
+        });
+    }
+}
+
+/// FlexMeasures' tokens, cold: decode plus the user, with roles and account, read from
+/// FlexMeasures' PostgreSQL database (what a token costs the first time the gateway
+/// sees its user, or after `cache_ttl`).
+fn flexmeasures_cold(c: &mut Criterion) {
+    use portcullis::token::flask_security::{DEFAULT_SALT, FlaskSecurityKeys};
+    let setup = tokio::runtime::Runtime::new().expect("runtime");
+    let Some(database) = FlexMeasuresDatabase::create(&setup) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("fm-secret.key"), "FlexMeasures' SECRET_KEY").expect("key");
+    std::fs::write(dir.path().join("fm-salt.key"), "FlexMeasures' salt").expect("salt");
+    let text = format!(
+        "[listen]\nhttps = [\"127.0.0.1:1\"]\n[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n\
+         [directory]\nkind = \"flexmeasures\"\ndatabase = \"{}\"\ncache_ttl = \"1s\"\n\
+         [flexmeasures]\nsecret_key = \"file:fm-secret.key\"\npassword_salt = \"file:fm-salt.key\"\n",
+        database.url
+    );
+    let loaded = portcullis::config::parse(&dir.path().join("bench.toml"), text, Vec::new());
+    let config = loaded.config.expect("config");
+    let metrics = Arc::new(portcullis::metrics::Metrics::new().expect("metrics"));
+    let authenticator = Authenticator::start(&config, metrics)
+        .expect("start")
+        .expect("authenticator");
+    let keys = FlaskSecurityKeys::new(
+        &[Secret::new(b"FlexMeasures' SECRET_KEY".to_vec())],
+        DEFAULT_SALT,
+        Duration::from_secs(21_600),
+        Duration::from_secs(30),
+    )
+    .expect("keys");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let now = portcullis::directory::now();
+    let mut next = 0;
+    // FlexMeasures' schema has no index on roles_users.user_id: each lookup of a
+    // user's roles reads the whole table. Measured as it is, then with the index an
+    // operator can add (deploy/README.md).
+    for (name, before) in [
+        (
+            "flexmeasures token: cold, FlexMeasures' schema (50 000 users)",
+            None,
+        ),
+        (
+            "flexmeasures token: cold, with an index on roles_users (user_id)",
+            Some("CREATE INDEX ON roles_users (user_id); ANALYZE roles_users;"),
+        ),
+    ] {
+        if let Some(sql) = before {
+            database.execute(&setup, sql);
+        }
+        c.bench_function(name, |b| {
+            b.to_async(&runtime).iter_batched(
+                || {
+                    next = next % FLEXMEASURES_USERS + 1;
+                    let token = keys.issue(&format!("uq-bench-{next}"), now as f64);
+                    format!("Bearer {token}").into_bytes()
+                },
+                |token| {
+                    let authenticator = authenticator.clone();
+                    async move {
+                        let verified = authenticator.identify(&token).await.expect("valid");
+                        assert_eq!(verified.path.label(), "verified", "a cache miss");
+                    }
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    drop(authenticator);
+    drop(database);
+}
+
+criterion_group!(
+    benches,
+    tokens,
+    logins,
+    flexmeasures_tokens,
+    flexmeasures_cold
+);
 criterion_main!(benches);
