@@ -111,7 +111,13 @@ impl Audit {
 
     /// Queues a record; never blocks. A full channel drops it and counts the drop.
     pub fn record(&self, record: &impl Serialize) {
-        let Ok(line) = serde_json::to_string(record) else {
+        // Sized for a decision record, so the line is not grown and copied as it is
+        // written.
+        let mut buffer = Vec::with_capacity(RECORD_CAPACITY);
+        let line = serde_json::to_writer(&mut buffer, record)
+            .ok()
+            .and_then(|()| String::from_utf8(buffer).ok());
+        let Some(line) = line else {
             self.metrics.audit_dropped();
             return;
         };
@@ -120,6 +126,9 @@ impl Audit {
         }
     }
 }
+
+/// Bytes reserved for one audit line: a decision record is 250–400.
+const RECORD_CAPACITY: usize = 512;
 
 impl Audit {
     /// Queues a security event (see [`SecurityEvent`]).
