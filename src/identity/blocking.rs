@@ -66,8 +66,9 @@ impl BlockingPool {
         self.waiting.load(Ordering::Acquire)
     }
 
-    /// Runs `job` on a pool thread. A caller that goes away does not free its place
-    /// before the job has run: the bound is on work, not on waiting callers.
+    /// Runs `job` on a pool thread. A caller that goes away while its job runs does not
+    /// free its place before the job has finished: the bound is on work, not on
+    /// waiting callers. A queued job whose caller went away is skipped.
     pub async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
@@ -80,6 +81,11 @@ impl BlockingPool {
         let (done, result) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move || {
+                // Nobody waits for it any more (the client went away while it was
+                // queued): no hashing for nobody.
+                if done.is_closed() {
+                    return;
+                }
                 // A panicking job fails its caller, not the thread.
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(job));
                 // The place is free before the caller hears of it.
@@ -197,6 +203,39 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             assert_eq!(pool.run(|| 2).await, Ok(2));
+        });
+    }
+
+    #[test]
+    fn a_queued_job_whose_caller_went_away_is_skipped() {
+        let pool = Arc::new(BlockingPool::new(1, 1, PasswordPriority::Normal).expect("pool"));
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let ran = Arc::new(AtomicUsize::new(0));
+        runtime().block_on(async {
+            let running = pool.clone();
+            let first = tokio::spawn(async move { running.run(move || gate.recv().is_ok()).await });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while pool.load() < 1 && std::time::Instant::now() < deadline {
+                tokio::task::yield_now().await;
+            }
+            let counter = ran.clone();
+            let abandoned = pool.run(move || counter.fetch_add(1, Ordering::AcqRel));
+            assert!(
+                tokio::time::timeout(std::time::Duration::from_millis(20), abandoned)
+                    .await
+                    .is_err()
+            );
+            release.send(()).expect("release");
+            assert_eq!(first.await.expect("join"), Ok(true));
+            // The worker takes jobs in order: once this one ran, the abandoned one
+            // was taken before it.
+            assert_eq!(pool.run(|| 4).await, Ok(4));
+            assert_eq!(
+                ran.load(Ordering::Acquire),
+                0,
+                "the abandoned job did not run"
+            );
+            assert_eq!(pool.load(), 0);
         });
     }
 
