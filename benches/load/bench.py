@@ -309,9 +309,67 @@ def report(records):
     return "\n".join(lines)
 
 
+def held_connections(target, count):
+    """RSS of the proxy with `count` idle keep-alive TLS connections, one request each."""
+    import resource
+    import ssl
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * count + 1000)), hard))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    port = int(target.url.rsplit(":", 1)[1])
+    headers = "".join(f"{header}\r\n" for header in target.headers)
+    request = f"GET {PATH} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n".encode()
+
+    def connect():
+        conn = context.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                                   server_hostname="localhost")
+        conn.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 1024:
+            chunk = conn.recv(65536)
+            if not chunk:
+                sys.exit(f"load: {target.name} closed a connection")
+            data += chunk
+        if not data.startswith(b"HTTP/1.1 200"):
+            sys.exit(f"load: {target.name} answered {data[:12]!r}")
+        return conn
+
+    for _ in range(200):
+        connect().close()
+    time.sleep(1)
+    before = rss_kib(target.pids)
+    held = [connect() for _ in range(count)]
+    time.sleep(2)
+    after = rss_kib(target.pids)
+    for conn in held:
+        conn.close()
+    return before, after
+
+
+def memory(targets, count=int(os.environ.get("BENCH_CONNECTIONS", "5000"))):
+    lines = [f"| target | RSS before | RSS with {count} held | per connection |",
+             "|---|---:|---:|---:|"]
+    for target in targets:
+        if target.name not in ("pingora", "portcullis"):
+            continue
+        before, after = held_connections(target, count)
+        lines.append(f"| {target.name} | {before / 1024:.1f} MiB | {after / 1024:.1f} MiB "
+                     f"| {(after - before) / count:.1f} KiB |")
+    return "\n".join(lines)
+
+
 def main():
     if sys.argv[1:] == ["report"]:
         print(report(json.loads((WORK / "results.json").read_text())))
+        return
+    if sys.argv[1:] == ["memory"]:
+        processes = []
+        try:
+            print(memory(start_all(processes)))
+        finally:
+            stop_all(processes)
         return
     if not shutil.which("nginx"):
         sys.exit("load: nginx is missing; start with benches/load/run")
