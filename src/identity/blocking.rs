@@ -82,7 +82,7 @@ impl BlockingPool {
         self.jobs
             .send(Box::new(move || {
                 // Nobody waits for it any more (the client went away while it was
-                // queued): no hashing for nobody.
+                // queued): skip the hashing.
                 if done.is_closed() {
                     return;
                 }
