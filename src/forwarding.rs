@@ -198,6 +198,8 @@ pub struct ForwardedFor {
     pub client_ip: IpAddr,
     /// The `X-Forwarded-For` chain to send on, ending with the connecting peer.
     chain: String,
+    /// `client_ip` as text, when it is not the whole chain.
+    client_text: Option<String>,
     /// A request id a trusted peer already assigned, if any.
     upstream_request_id: Option<String>,
 }
@@ -211,6 +213,7 @@ impl ForwardedFor {
             return Self {
                 client_ip: peer,
                 chain: peer.to_string(),
+                client_text: None,
                 upstream_request_id: None,
             };
         }
@@ -240,8 +243,14 @@ impl ForwardedFor {
         Self {
             client_ip,
             chain: chain.join(", "),
+            client_text: Some(client_ip.to_string()),
             upstream_request_id,
         }
+    }
+
+    /// The client's address as text, for logs and audit records.
+    pub fn client_text(&self) -> &str {
+        self.client_text.as_deref().unwrap_or(&self.chain)
     }
 
     /// A request id a trusted proxy assigned, to keep one id across the hops.
@@ -402,6 +411,7 @@ mod tests {
             &TrustedProxies::default(),
         );
         assert_eq!(seen.client_ip, "10.0.0.9".parse::<IpAddr>().expect("ip"));
+        assert_eq!(seen.client_text(), "10.0.0.9");
         assert_eq!(seen.upstream_request_id(), None);
         let out: HeaderMap = seen
             .headers(Some("example.com"), "rid")
@@ -434,6 +444,7 @@ mod tests {
         ]);
         let seen = ForwardedFor::read("::ffff:10.0.0.2".parse().expect("ip"), &map, &trusted);
         assert_eq!(seen.client_ip, "1.2.3.4".parse::<IpAddr>().expect("ip"));
+        assert_eq!(seen.client_text(), "1.2.3.4");
         assert_eq!(seen.upstream_request_id(), Some("lb-42"));
         let out: HeaderMap = seen.headers(None, "lb-42").into_iter().collect();
         assert_eq!(

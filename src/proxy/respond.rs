@@ -10,7 +10,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use super::RequestContext;
 use crate::audit::{Audit, DecisionRecord};
-use crate::forwarding::REQUEST_ID;
+use crate::forwarding::{ForwardedFor, REQUEST_ID};
 use crate::metrics::{Decision, Metrics};
 use crate::rejection::Rejection;
 
@@ -215,10 +215,7 @@ pub fn log(
         status,
         seconds,
     );
-    let client = ctx
-        .client
-        .as_ref()
-        .map(|client| client.client_ip.to_string());
+    let client = ctx.client.as_ref().map(ForwardedFor::client_text);
     // Why the gateway refused, or why a policy rule allowed.
     let reason = ctx.refusal.as_ref().map(ToString::to_string).or_else(|| {
         ctx.permit
@@ -231,7 +228,7 @@ pub fn log(
         time: crate::audit::now(),
         kind: "decision",
         request_id: &ctx.request_id,
-        client: client.as_deref(),
+        client,
         user: user.as_deref(),
         account: account.as_deref(),
         method: session.req_header().method.as_str(),
@@ -246,7 +243,7 @@ pub fn log(
     tracing::info!(
         target: "portcullis::request",
         request_id = %ctx.request_id,
-        client = client.as_deref().unwrap_or_default(),
+        client = client.unwrap_or_default(),
         method = %session.req_header().method,
         path = ctx.target.as_ref().map_or("-", |target| target.path()),
         route = ctx.route.as_deref().unwrap_or("-"),
