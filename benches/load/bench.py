@@ -101,7 +101,9 @@ class Target:
         self.headers = list(headers)
 
 
-def start_all(processes):
+def start_all(processes, wrap=()):
+    """Starts the backend and every target; `wrap` goes before the two Rust proxies'
+    commands (callgrind, for `instructions`)."""
     WORK.mkdir(parents=True, exist_ok=True)
     certificate, key = WORK / "localhost.pem", WORK / "localhost-key.pem"
     subprocess.run([PORTCULLIS, "certs", "dev", "--dir", str(WORK)], check=True,
@@ -130,7 +132,7 @@ def start_all(processes):
 
     port = free_port()
     log = open(WORK / "pingora.log", "w")
-    pingora = pinned(PROXY_CPU, [PINGORA, f"127.0.0.1:{port}", backend, str(certificate),
+    pingora = pinned(PROXY_CPU, [*wrap, PINGORA, f"127.0.0.1:{port}", backend, str(certificate),
                                  str(key), "1"], stdout=log, stderr=log)
     processes.append(("process", pingora))
     wait_listening(port, "bare pingora")
@@ -154,7 +156,7 @@ def start_all(processes):
     token = subprocess.run([*cli, "token", "issue", "--user", EMAIL, "--config", str(config)],
                            check=True, capture_output=True, text=True).stdout.strip()
     log = open(WORK / "portcullis.log", "w")
-    gateway = pinned(PROXY_CPU, [PORTCULLIS, "run", "--config", str(config)], stdout=log,
+    gateway = pinned(PROXY_CPU, [*wrap, PORTCULLIS, "run", "--config", str(config)], stdout=log,
                      stderr=log)
     processes.append(("process", gateway))
     wait_listening(port, "portcullis")
@@ -360,7 +362,108 @@ def memory(targets, count=int(os.environ.get("BENCH_CONNECTIONS", "5000"))):
     return "\n".join(lines)
 
 
+# Portcullis's own phases, as callgrind names their (async) functions, for the
+# breakdown of `instructions`.
+PHASES = [
+    ("request_filter: everything before the backend", r"ProxyHttp>::request_filter::\{\{closure\}\}$"),
+    ("  locate: client, canonical target, strip", r"^portcullis::proxy::locate$"),
+    ("  identify: the token (cached)", r"^portcullis::proxy::Gateway::identify::\{\{closure\}\}$"),
+    ("  route: the policy rule", r"^portcullis::policy::rules::RuleSet::find$"),
+    ("  rate limit", r"^portcullis::proxy::Gateway::limit::\{\{closure\}\}$"),
+    ("  authorize", r"^portcullis::policy::authorize_rule$"),
+    ("upstream_request_filter: forwarding and identity headers",
+     r"ProxyHttp>::upstream_request_filter::\{\{closure\}\}$"),
+    ("response_filter: HSTS and security headers", r"^portcullis::proxy::respond::secure$"),
+    ("logging: metrics, audit record", r"ProxyHttp>::logging::\{\{closure\}\}$"),
+]
+
+
+def callgrind_costs(path):
+    """Per function symbol: (own instructions, {callee: instructions spent in it}) from
+    a callgrind dump; inlined code counts for the function it was inlined into."""
+    import collections
+    import re
+    names, own, callees = {}, collections.Counter(), collections.defaultdict(collections.Counter)
+    function = callee = None
+    in_call = False
+
+    def name(text):
+        match = re.match(r"\((\d+)\)(?: (.*))?", text)
+        if not match:
+            return text
+        if match.group(2):
+            names[match.group(1)] = match.group(2)
+        return names[match.group(1)]
+
+    for line in path.read_text().splitlines():
+        if line.startswith("fn="):
+            function = name(line[3:])
+        elif line.startswith("cfn="):
+            callee = name(line[4:])
+        elif line.startswith("calls="):
+            in_call = True
+        elif (line[:1].isdigit() or line[:1] in "+-*") and len(line.split()) > 1:
+            cost = int(line.split()[1])
+            if in_call:
+                callees[function][callee] += cost
+                in_call = False
+            else:
+                own[function] += cost
+    return own, callees
+
+
+def instructions(targets, requests=int(os.environ.get("BENCH_REQUESTS", "3000"))):
+    """Instructions per request of each Rust proxy (all its threads), counted by
+    callgrind over `requests` keep-alive requests on one connection, and where
+    Portcullis spends its own."""
+    import re
+    lines = [f"| target | instructions/request | × pingora |", "|---|---:|---:|"]
+    totals, phases = {}, []
+    for target in targets:
+        if target.name not in ("pingora", "portcullis"):
+            continue
+        pid = target.pids[0]
+        args = [OHA, "--no-tui", "--output-format", "json", "--insecure", "-c", "1"]
+        for header in target.headers:
+            args += ["-H", header]
+        subprocess.run([*args, "-n", "200", target.url + PATH], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "--instr=on", str(pid)], check=True,
+                       capture_output=True)
+        done = subprocess.run([*args, "-n", str(requests), target.url + PATH], check=True,
+                              capture_output=True, text=True, timeout=600)
+        subprocess.run(["callgrind_control", "--instr=off", str(pid)], check=True,
+                       capture_output=True)
+        subprocess.run(["callgrind_control", "--dump", str(pid)], check=True,
+                       capture_output=True)
+        statuses = json.loads(done.stdout).get("statusCodeDistribution", {})
+        if statuses != {"200": requests}:
+            sys.exit(f"load: {target.name} answered {statuses}")
+        own, callees = callgrind_costs(WORK / f"callgrind.{pid}.1")
+        totals[target.name] = (sum(own.values()) + 0.0) / requests
+        if target.name == "portcullis":
+            for label, pattern in PHASES:
+                spent = sum(own[f] + sum(callees[f].values())
+                            for f in set(own) | set(callees) if re.search(pattern, f))
+                phases.append((label, spent / requests))
+    for name, total in totals.items():
+        lines.append(f"| {name} | {total:,.0f} | {total / totals['pingora']:.2f} |")
+    lines += ["", "| Portcullis phase | instructions/request |", "|---|---:|"]
+    lines += [f"| {label} | {spent:,.0f} |" for label, spent in phases]
+    return "\n".join(lines)
+
+
 def main():
+    if sys.argv[1:] == ["instructions"]:
+        for stale in WORK.glob("callgrind.*"):
+            stale.unlink()
+        processes = []
+        try:
+            print(instructions(start_all(processes, wrap=[
+                "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={WORK}/callgrind.%p"])))
+        finally:
+            stop_all(processes)
+        return
     if sys.argv[1:] == ["report"]:
         print(report(json.loads((WORK / "results.json").read_text())))
         return
