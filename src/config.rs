@@ -942,6 +942,35 @@ impl Check<'_> {
         }
     }
 
+    /// A setting that takes one of a few words: the value `choices` pairs with the
+    /// word, `default` without the setting, `None` for an unknown word. That one is
+    /// reported at the word as "unknown {what} `word`", with "did you mean …?" for a
+    /// near miss, else `help`.
+    fn keyword<T: Copy>(
+        &mut self,
+        word: Option<&Spanned<String>>,
+        choices: &[(&str, T)],
+        default: T,
+        what: &str,
+        help: &str,
+    ) -> Option<T> {
+        let Some(word) = word else {
+            return Some(default);
+        };
+        let text = word.get_ref().as_str();
+        if let Some((_, value)) = choices.iter().find(|(name, _)| *name == text) {
+            return Some(*value);
+        }
+        let problem = Problem::error(format!("unknown {what} `{text}`")).at(word.span());
+        self.error(
+            match diagnostic::nearest(text, choices.iter().map(|(name, _)| *name)) {
+                Some(near) => problem.help(format!("did you mean `{near}`?")),
+                None => problem.help(help),
+            },
+        );
+        None
+    }
+
     fn server(&mut self, raw: raw::Server) -> ServerSettings {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let threads = self.count(raw.threads, cpus, 1024, "threads");
@@ -1002,21 +1031,15 @@ impl Check<'_> {
     }
 
     fn log(&mut self, raw: raw::Log) -> LogSettings {
-        let format = match raw.format {
-            None => LogFormat::Text,
-            Some(format) => match format.get_ref().as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => {
-                    self.error(
-                        Problem::error(format!("unknown log format `{other}`"))
-                            .at(format.span())
-                            .help("use \"text\" or \"json\""),
-                    );
-                    LogFormat::Text
-                }
-            },
-        };
+        let format = self
+            .keyword(
+                raw.format.as_ref(),
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+                LogFormat::Text,
+                "log format",
+                "use \"text\" or \"json\"",
+            )
+            .unwrap_or(LogFormat::Text);
         let filter = match raw.level {
             None => "info".to_owned(),
             Some(level) => {

@@ -129,19 +129,6 @@ pub enum OnStoreError {
     Allow,
 }
 
-impl OnStoreError {
-    pub const NAMES: &'static [&'static str] = &["local", "deny", "allow"];
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "local" => Some(Self::Local),
-            "deny" => Some(Self::Deny),
-            "allow" => Some(Self::Allow),
-            _ => None,
-        }
-    }
-}
-
 /// `[rate_limits]`, checked.
 #[derive(Debug, Clone)]
 pub struct RateLimitSettings {

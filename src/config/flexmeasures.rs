@@ -95,20 +95,18 @@ impl Check<'_> {
             || crate::token::flask_security::DEFAULT_SALT.to_owned(),
             Spanned::into_inner,
         );
-        let login = match raw.login.as_ref().map(|l| l.get_ref().as_str()) {
-            None | Some("gateway") => FlexMeasuresLogin::Gateway,
-            Some("pass-through") => FlexMeasuresLogin::PassThrough,
-            Some(other) => {
-                if let Some(text) = &raw.login {
-                    self.error(
-                        Problem::error(format!("unknown `login` `{other}`"))
-                            .at(text.span())
-                            .help("`gateway`: the gateway checks passwords and issues FlexMeasures tokens; `pass-through`: FlexMeasures does"),
-                    );
-                }
-                FlexMeasuresLogin::Gateway
-            }
-        };
+        let login = self
+            .keyword(
+                raw.login.as_ref(),
+                &[
+                    ("gateway", FlexMeasuresLogin::Gateway),
+                    ("pass-through", FlexMeasuresLogin::PassThrough),
+                ],
+                FlexMeasuresLogin::Gateway,
+                "`login`",
+                "`gateway`: the gateway checks passwords and issues FlexMeasures tokens; `pass-through`: FlexMeasures does",
+            )
+            .unwrap_or(FlexMeasuresLogin::Gateway);
         if login == FlexMeasuresLogin::PassThrough && raw.login_backend.is_none() {
             self.error(
                 Problem::error("`login = \"pass-through\"` needs `login_backend`")
@@ -116,24 +114,18 @@ impl Check<'_> {
                     .help("name the [backends.NAME] that is FlexMeasures"),
             );
         }
-        let auth_token_in_request = match raw
-            .auth_token_in_request
-            .as_ref()
-            .map(|t| t.get_ref().as_str())
-        {
-            None | Some("refuse") => TokenInRequest::Refuse,
-            Some("strip") => TokenInRequest::Strip,
-            Some(other) => {
-                if let Some(text) = &raw.auth_token_in_request {
-                    self.error(
-                        Problem::error(format!("unknown `auth_token_in_request` `{other}`"))
-                            .at(text.span())
-                            .help("`refuse` (400) or `strip` (removed before forwarding)"),
-                    );
-                }
-                TokenInRequest::Refuse
-            }
-        };
+        let auth_token_in_request = self
+            .keyword(
+                raw.auth_token_in_request.as_ref(),
+                &[
+                    ("refuse", TokenInRequest::Refuse),
+                    ("strip", TokenInRequest::Strip),
+                ],
+                TokenInRequest::Refuse,
+                "`auth_token_in_request`",
+                "`refuse` (400) or `strip` (removed before forwarding)",
+            )
+            .unwrap_or(TokenInRequest::Refuse);
         let max_json_body = self.count(
             raw.max_json_body,
             DEFAULT_MAX_JSON_BODY,

@@ -157,20 +157,18 @@ impl Check<'_> {
         raw: raw::Directory,
         span: Option<std::ops::Range<usize>>,
     ) -> Option<DirectorySettings> {
-        let kind = match raw.kind.as_ref().map(|k| k.get_ref().as_str()) {
-            None | Some("native") => DirectoryKind::Native,
-            Some("flexmeasures") => DirectoryKind::FlexMeasures,
-            Some(other) => {
-                if let Some(text) = &raw.kind {
-                    self.error(
-                        Problem::error(format!("unknown directory kind `{other}`"))
-                            .at(text.span())
-                            .help("use `native` (the gateway's own tables) or `flexmeasures` (an existing FlexMeasures database)"),
-                    );
-                }
-                DirectoryKind::Native
-            }
-        };
+        let kind = self
+            .keyword(
+                raw.kind.as_ref(),
+                &[
+                    ("native", DirectoryKind::Native),
+                    ("flexmeasures", DirectoryKind::FlexMeasures),
+                ],
+                DirectoryKind::Native,
+                "directory kind",
+                "use `native` (the gateway's own tables) or `flexmeasures` (an existing FlexMeasures database)",
+            )
+            .unwrap_or(DirectoryKind::Native);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let max_connections = self.count(raw.max_connections, 8, 1000, "max_connections");
         let timeout = self.duration(
@@ -198,21 +196,18 @@ impl Check<'_> {
         );
         let password_workers = self.count(raw.password_workers, cpus, 1024, "password_workers");
         let password_queue = self.count(raw.password_queue, 64, 100_000, "password_queue");
-        let password_priority = match raw.password_priority.as_ref() {
-            None => PasswordPriority::default(),
-            Some(text) => match text.get_ref().as_str() {
-                "background" => PasswordPriority::Background,
-                "normal" => PasswordPriority::Normal,
-                other => {
-                    self.error(
-                        Problem::error(format!("unknown password_priority `{other}`"))
-                            .at(text.span())
-                            .help("use `background` (password checks use the CPU proxied traffic leaves) or `normal`"),
-                    );
-                    PasswordPriority::default()
-                }
-            },
-        };
+        let password_priority = self
+            .keyword(
+                raw.password_priority.as_ref(),
+                &[
+                    ("background", PasswordPriority::Background),
+                    ("normal", PasswordPriority::Normal),
+                ],
+                PasswordPriority::default(),
+                "password_priority",
+                "use `background` (password checks use the CPU proxied traffic leaves) or `normal`",
+            )
+            .unwrap_or_default();
         let bcrypt_cost = match raw.bcrypt_cost {
             None => 12,
             Some(cost) => match u32::try_from(*cost.get_ref()) {

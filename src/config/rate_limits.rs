@@ -21,46 +21,38 @@ impl Check<'_> {
         has_redis: bool,
     ) -> RateLimitSettings {
         let defaults = RateLimitSettings::default();
-        let store = match &raw.store {
-            None => Store::Local,
-            Some(text) => {
-                match text.get_ref().as_str() {
-                    "local" => Store::Local,
-                    "redis" => {
-                        if !has_redis {
-                            self.error(
-                            Problem::error("`store = \"redis\"` needs a `[redis]` section")
-                                .at(text.span())
-                                .help("add `[redis] url = \"redis://…\"`, or use `store = \"local\"`"),
-                        );
-                        }
-                        Store::Redis
-                    }
-                    other => {
-                        self.error(
-                        Problem::error(format!("unknown store `{other}`"))
-                            .at(text.span())
-                            .help("use `local` (this instance) or `redis` (shared by every instance)"),
-                    );
-                        Store::Local
-                    }
-                }
-            }
-        };
-        let on_store_error = match &raw.on_store_error {
-            None => OnStoreError::Local,
-            Some(text) => OnStoreError::parse(text.get_ref()).unwrap_or_else(|| {
-                let mut problem =
-                    Problem::error(format!("unknown `on_store_error` `{}`", text.get_ref()))
-                        .at(text.span());
-                problem = match nearest(text.get_ref(), OnStoreError::NAMES.iter().copied()) {
-                    Some(near) => problem.help(format!("did you mean `{near}`?")),
-                    None => problem.help("use `local`, `deny` or `allow`"),
-                };
-                self.error(problem);
-                OnStoreError::Local
-            }),
-        };
+        let store = self
+            .keyword(
+                raw.store.as_ref(),
+                &[("local", Store::Local), ("redis", Store::Redis)],
+                Store::Local,
+                "store",
+                "use `local` (this instance) or `redis` (shared by every instance)",
+            )
+            .unwrap_or(Store::Local);
+        if store == Store::Redis
+            && !has_redis
+            && let Some(text) = &raw.store
+        {
+            self.error(
+                Problem::error("`store = \"redis\"` needs a `[redis]` section")
+                    .at(text.span())
+                    .help("add `[redis] url = \"redis://…\"`, or use `store = \"local\"`"),
+            );
+        }
+        let on_store_error = self
+            .keyword(
+                raw.on_store_error.as_ref(),
+                &[
+                    ("local", OnStoreError::Local),
+                    ("deny", OnStoreError::Deny),
+                    ("allow", OnStoreError::Allow),
+                ],
+                OnStoreError::Local,
+                "`on_store_error`",
+                "use `local`, `deny` or `allow`",
+            )
+            .unwrap_or(OnStoreError::Local);
         let max_keys = self.count(raw.max_keys, defaults.max_keys, 100_000_000, "max_keys");
         let housekeeping_interval = self.duration(
             raw.housekeeping_interval,

@@ -225,21 +225,17 @@ impl Check<'_> {
         username: Option<Spanned<String>>,
         password: Option<Spanned<String>>,
     ) -> Option<SmtpSettings> {
-        let tls_mode = match tls.as_ref().map(|t| t.get_ref().as_str()) {
-            None | Some("starttls") => SmtpTls::StartTls,
-            Some("tls") => SmtpTls::Implicit,
-            Some("none") => SmtpTls::None,
-            Some(other) => {
-                if let Some(text) = &tls {
-                    self.error(
-                        Problem::error(format!("unknown `smtp_tls` `{other}`"))
-                            .at(text.span())
-                            .help("`starttls` (port 587), `tls` (port 465) or `none` (a local relay only)"),
-                    );
-                }
-                return None;
-            }
-        };
+        let tls_mode = self.keyword(
+            tls.as_ref(),
+            &[
+                ("starttls", SmtpTls::StartTls),
+                ("tls", SmtpTls::Implicit),
+                ("none", SmtpTls::None),
+            ],
+            SmtpTls::StartTls,
+            "`smtp_tls`",
+            "`starttls` (port 587), `tls` (port 465) or `none` (a local relay only)",
+        )?;
         let default_port = match tls_mode {
             SmtpTls::Implicit => 465,
             SmtpTls::StartTls => 587,

@@ -429,3 +429,36 @@ fn shipped_deployment_configurations_are_valid() {
         );
     }
 }
+
+/// Settings that take one of a few words: a near miss gets the nearest word, any other
+/// word the setting's help, each at its file:line:col.
+#[test]
+fn unknown_words_get_the_nearest_choice_or_the_list_of_choices() {
+    let text = r#"[listen]
+https = ["127.0.0.1:8443"]
+[tls]
+certificate = "cert.pem"
+private_key = "key.pem"
+[log]
+format = "jsn"
+[directory]
+kind = "flexmesures"
+database = "sqlite::memory:"
+password_priority = "realtime"
+[rate_limits]
+store = "redsi"
+on_store_error = "ignore"
+"#;
+    let loaded = config::parse(Path::new("portcullis.toml"), text.into(), Vec::new());
+    assert!(loaded.config.is_none());
+    let lines = loaded.report.one_line_each().join("\n");
+    for wanted in [
+        "portcullis.toml:7:10: error: unknown log format `jsn` (help: did you mean `json`?)",
+        "portcullis.toml:9:8: error: unknown directory kind `flexmesures` (help: did you mean `flexmeasures`?)",
+        "portcullis.toml:11:21: error: unknown password_priority `realtime` (help: use `background`",
+        "portcullis.toml:13:9: error: unknown store `redsi` (help: did you mean `redis`?)",
+        "portcullis.toml:14:18: error: unknown `on_store_error` `ignore` (help: use `local`, `deny` or `allow`)",
+    ] {
+        assert!(lines.contains(wanted), "missing `{wanted}` in:\n{lines}");
+    }
+}
