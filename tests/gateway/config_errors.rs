@@ -462,3 +462,37 @@ on_store_error = "ignore"
         assert!(lines.contains(wanted), "missing `{wanted}` in:\n{lines}");
     }
 }
+
+/// Every code block in the shipped Markdown ends with a bare fence: a closing fence
+/// with text after it does not close the block, and the rest of the page would render
+/// as code.
+#[test]
+fn documentation_code_blocks_are_closed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "README.md",
+        "CHANGELOG.md",
+        "deploy/README.md",
+        "benches/load/RESULTS.md",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect("read");
+        let mut open_at = None;
+        for (index, line) in text.lines().enumerate() {
+            let Some(after) = line.strip_prefix("```") else {
+                continue;
+            };
+            match open_at {
+                None => open_at = Some(index + 1),
+                Some(_) => {
+                    assert!(
+                        after.trim().is_empty(),
+                        "{file}:{}: text after a closing fence: {line}",
+                        index + 1
+                    );
+                    open_at = None;
+                }
+            }
+        }
+        assert_eq!(open_at, None, "{file}: a code block is never closed");
+    }
+}
