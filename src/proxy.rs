@@ -18,6 +18,7 @@
 //! between pingora's `Session` and those modules.
 
 mod context;
+mod headers;
 mod respond;
 mod snapshot;
 
@@ -803,39 +804,49 @@ fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result
     let uri: http::Uri = path_and_query
         .parse()
         .or_err(ErrorType::InternalError, "canonical target is not a URI")?;
-    upstream_request.set_uri(uri);
-    if let Some(checked) = &ctx.checked_body {
-        // The checked body may be shorter (stripped).
-        upstream_request.insert_header(http::header::CONTENT_LENGTH, checked.len().to_string())?;
-    } else if ctx.body_guard.is_some() {
-        // The inspected body may change length (stripped): send it chunked.
-        upstream_request.remove_header(&http::header::CONTENT_LENGTH);
-        upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-    }
-    let cookies = crate::forwarding::cookies_for_backend(
-        upstream_request
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .map(http::HeaderValue::as_bytes),
-    );
-    if let Some(kept) = cookies {
-        upstream_request.remove_header(&http::header::COOKIE);
-        if let Some(kept) = kept {
-            upstream_request.insert_header(http::header::COOKIE, kept)?;
+    headers::edit_request(upstream_request, |request| {
+        request.uri = uri;
+        let forwarding = client.headers(ctx.host.as_deref(), &ctx.request_id);
+        let signed = Signed {
+            request_id: &ctx.request_id,
+            method: request.method.as_str(),
+            path_and_query: &path_and_query,
+            now: crate::directory::now(),
+        };
+        let identity = identity_headers(ctx.identity.as_deref(), ctx.snapshot.signer(), &signed);
+        let map = &mut request.headers;
+        // Room for every insert below, so none of them grows the map or can panic.
+        map.try_reserve(forwarding.len() + identity.len() + 1)
+            .or_err(ErrorType::InternalError, "too many request headers")?;
+        if let Some(checked) = &ctx.checked_body {
+            // The checked body may be shorter (stripped).
+            map.insert(http::header::CONTENT_LENGTH, checked.len().into());
+        } else if ctx.body_guard.is_some() {
+            // The inspected body may change length (stripped): send it chunked.
+            map.remove(http::header::CONTENT_LENGTH);
+            map.insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
+            );
         }
-    }
-    for (name, value) in client.headers(ctx.host.as_deref(), &ctx.request_id) {
-        upstream_request.insert_header(name, value)?;
-    }
-    let signed = Signed {
-        request_id: &ctx.request_id,
-        method: upstream_request.method.as_str(),
-        path_and_query: &path_and_query,
-        now: crate::directory::now(),
-    };
-    for (name, value) in identity_headers(ctx.identity.as_deref(), ctx.snapshot.signer(), &signed) {
-        upstream_request.insert_header(name, value)?;
-    }
-    Ok(())
+        let cookies = crate::forwarding::cookies_for_backend(
+            map.get_all(http::header::COOKIE)
+                .iter()
+                .map(http::HeaderValue::as_bytes),
+        );
+        if let Some(kept) = cookies {
+            map.remove(http::header::COOKIE);
+            if let Some(kept) = kept {
+                let kept = http::HeaderValue::try_from(kept).or_err(
+                    ErrorType::InternalError,
+                    "kept cookies are not a header value",
+                )?;
+                map.insert(http::header::COOKIE, kept);
+            }
+        }
+        for (name, value) in forwarding.into_iter().chain(identity) {
+            map.insert(name, value);
+        }
+        Ok(())
+    })
 }

@@ -373,7 +373,8 @@ PHASES = [
     ("  authorize", r"^portcullis::policy::authorize_rule$"),
     ("upstream_request_filter: forwarding and identity headers",
      r"ProxyHttp>::upstream_request_filter::\{\{closure\}\}$"),
-    ("response_filter: HSTS and security headers", r"^portcullis::proxy::respond::secure$"),
+    ("response_filter: HSTS and security headers",
+     r"ProxyHttp>::response_filter::\{\{closure\}\}$"),
     ("logging: metrics, audit record", r"ProxyHttp>::logging::\{\{closure\}\}$"),
 ]
 

@@ -80,9 +80,11 @@ pub fn identity_headers(
         }
     }
     if let Some(IdentitySigner(key)) = signer {
-        let message = [
+        let now = signed.now.to_string();
+        let mut context = hmac::Context::with_key(key);
+        for (index, line) in [
             "v1",
-            &signed.now.to_string(),
+            &now,
             signed.request_id,
             signed.method,
             signed.path_and_query,
@@ -91,10 +93,22 @@ pub fn identity_headers(
             &roles,
             &account_roles,
         ]
-        .join("\n");
-        let tag = hmac::sign(key, message.as_bytes());
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        if let Ok(value) = HeaderValue::from_str(&format!("t={},v1={hex}", signed.now)) {
+        .into_iter()
+        .enumerate()
+        {
+            if index > 0 {
+                context.update(b"\n");
+            }
+            context.update(line.as_bytes());
+        }
+        let mut value = format!("t={now},v1=");
+        for byte in context.sign().as_ref() {
+            value.extend(
+                [byte >> 4, byte & 0xf]
+                    .map(|digit| char::from_digit(u32::from(digit), 16).unwrap_or('0')),
+            );
+        }
+        if let Ok(value) = HeaderValue::try_from(value) {
             headers.push((SIGNATURE, value));
         }
     }

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use http::HeaderValue;
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, STRICT_TRANSPORT_SECURITY};
+use http::header::{
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
+};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{ErrorSource, ErrorType};
@@ -14,7 +16,7 @@ use crate::forwarding::{ForwardedFor, REQUEST_ID};
 use crate::metrics::{Decision, Metrics};
 use crate::rejection::Rejection;
 
-const NOSNIFF: (&str, &str) = ("x-content-type-options", "nosniff");
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
 /// Writes the fixed response for a refusal and records why, for the log.
 pub async fn refuse(
@@ -116,14 +118,18 @@ pub async fn page(
 /// HSTS and the request id on every TLS response (RFC 6797 §7.1); `nosniff` unless the
 /// backend chose otherwise.
 pub fn secure(header: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
-    header.insert_header(STRICT_TRANSPORT_SECURITY, ctx.snapshot.hsts().clone())?;
-    if header.headers.get(NOSNIFF.0).is_none() {
-        header.insert_header(NOSNIFF.0, NOSNIFF.1)?;
-    }
-    if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-        header.insert_header(REQUEST_ID, id)?;
-    }
-    Ok(())
+    super::headers::edit_response(header, |response| {
+        let map = &mut response.headers;
+        // Room for every insert below, so none of them grows the map or can panic.
+        map.try_reserve(3)
+            .or_err(ErrorType::InternalError, "too many response headers")?;
+        map.insert(STRICT_TRANSPORT_SECURITY, ctx.snapshot.hsts().clone());
+        map.entry(X_CONTENT_TYPE_OPTIONS).or_insert(NOSNIFF);
+        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+            map.insert(REQUEST_ID, id);
+        }
+        Ok(())
+    })
 }
 
 /// Maps a proxying failure to a refusal; writes it unless a response already started.
