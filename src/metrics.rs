@@ -241,9 +241,20 @@ impl Metrics {
 
     /// Counts one finished request.
     pub fn request(&self, route: &str, decision: Decision, status: u16, seconds: f64) {
-        let status = status.to_string();
+        // `StatusCode` holds the text of every code; 0 (nothing written) has none.
+        let (code, text);
+        let status = match http::StatusCode::from_u16(status) {
+            Ok(valid) => {
+                code = valid;
+                code.as_str()
+            }
+            Err(_) => {
+                text = status.to_string();
+                text.as_str()
+            }
+        };
         self.requests
-            .with_label_values(&[route, decision.label(), status.as_str()])
+            .with_label_values(&[route, decision.label(), status])
             .inc();
         self.duration.with_label_values(&[route]).observe(seconds);
     }
@@ -310,6 +321,8 @@ mod tests {
         metrics.request("api", Decision::Allowed, 200, 0.002);
         metrics.request("api", Decision::Allowed, 200, 0.004);
         metrics.request("-", Decision::Refused, 404, 0.0001);
+        // A connection that ended before any response was written.
+        metrics.request("-", Decision::Refused, 0, 0.0001);
         metrics.certificate_reload(None);
         metrics.certificate_reload(Some(1_900_000_000));
         let text = String::from_utf8(metrics.render()).expect("utf8");
@@ -322,6 +335,12 @@ mod tests {
         assert!(
             text.contains(
                 r#"portcullis_requests_total{decision="refused",route="-",status="404"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"portcullis_requests_total{decision="refused",route="-",status="0"} 1"#
             ),
             "{text}"
         );

@@ -200,27 +200,37 @@ impl Subject<'_> {
     /// The key of `limit` for this request: `ip=…`, `user=17|route=…`. Anonymous
     /// callers are counted by their address where a user or account is asked for.
     pub fn key(&self, limit: &Limit, ipv6_prefix: u8) -> String {
-        let ip = || format!("{}", network(self.ip, ipv6_prefix));
-        let mut parts: Vec<String> = Vec::with_capacity(2);
-        for key in limit.keys.iter() {
-            parts.push(match key {
-                Key::Ip => format!("ip={}", ip()),
-                Key::User => match self.user {
-                    Some(user) => format!("user={user}"),
-                    None => format!("anon={}", ip()),
-                },
-                Key::Account => match self.account {
-                    Some(account) => format!("account={account}"),
-                    None => format!("anon={}", ip()),
-                },
-                Key::Route => format!("route={}", self.route),
-                Key::Login => match self.login {
-                    Some(login) => login_key(login),
-                    None => format!("anon={}", ip()),
-                },
-            });
+        // Written piece by piece: this runs for every limit of every request.
+        let ip = || crate::forwarding::ip_text(network(self.ip, ipv6_prefix));
+        let mut digits = itoa::Buffer::new();
+        let mut key_text = String::with_capacity(48);
+        for (index, key) in limit.keys.iter().enumerate() {
+            if index > 0 {
+                key_text.push('|');
+            }
+            let parts: [&str; 2] = match (key, self.user, self.account, self.login) {
+                (Key::User, Some(user), _, _) => ["user=", digits.format(user)],
+                (Key::Account, _, Some(account), _) => ["account=", digits.format(account)],
+                (Key::Route, ..) => ["route=", self.route],
+                (Key::Login, _, _, Some(login)) => {
+                    key_text.push_str(&login_key(login));
+                    continue;
+                }
+                (Key::Ip, ..) => {
+                    key_text.push_str("ip=");
+                    key_text.push_str(&ip());
+                    continue;
+                }
+                (Key::User | Key::Account | Key::Login, ..) => {
+                    key_text.push_str("anon=");
+                    key_text.push_str(&ip());
+                    continue;
+                }
+            };
+            key_text.push_str(parts[0]);
+            key_text.push_str(parts[1]);
         }
-        parts.join("|")
+        key_text
     }
 }
 

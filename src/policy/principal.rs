@@ -97,7 +97,8 @@ impl Principal {
         identity: &Identity,
         value: impl Fn(&str) -> Option<&'v str>,
     ) -> bool {
-        let equals = |name: &str, id: i64| value(name).is_some_and(|v| v == id.to_string());
+        let equals =
+            |name: &str, id: i64| value(name).is_some_and(|v| v == itoa::Buffer::new().format(id));
         match self {
             Self::User(id) => identity.user_id == *id,
             Self::Account(id) => identity.account_id == *id,
@@ -122,18 +123,32 @@ impl Principal {
     }
 }
 
+impl Principal {
+    /// Appends the principal as written in a policy file (what `Display` shows), without
+    /// the formatter: a permitted request names the principals that admitted it.
+    pub fn push_text(&self, out: &mut String) {
+        let mut digits = itoa::Buffer::new();
+        let parts: &[&str] = match self {
+            Self::User(id) => &["user:", digits.format(*id)],
+            Self::Account(id) => &["account:", digits.format(*id)],
+            Self::Role(role) => &["role:", role],
+            Self::AccountRole(role) => &["account-role:", role],
+            Self::EveryLoggedInUser => &["every-logged-in-user"],
+            Self::UserRelation(name) => &["user:{", name, "}"],
+            Self::AccountRelation(name) => &["account:{", name, "}"],
+            Self::Unowned(name) => &["public:{", name, "}"],
+        };
+        for part in parts {
+            out.push_str(part);
+        }
+    }
+}
+
 impl std::fmt::Display for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::User(id) => write!(f, "user:{id}"),
-            Self::Account(id) => write!(f, "account:{id}"),
-            Self::Role(role) => write!(f, "role:{role}"),
-            Self::AccountRole(role) => write!(f, "account-role:{role}"),
-            Self::EveryLoggedInUser => f.write_str("every-logged-in-user"),
-            Self::UserRelation(name) => write!(f, "user:{{{name}}}"),
-            Self::AccountRelation(name) => write!(f, "account:{{{name}}}"),
-            Self::Unowned(name) => write!(f, "public:{{{name}}}"),
-        }
+        let mut text = String::new();
+        self.push_text(&mut text);
+        f.write_str(&text)
     }
 }
 
@@ -204,6 +219,8 @@ mod tests {
             "every-logged-in-user",
             "user:{self}",
             "account:{owner}",
+            "public:{sensor}",
+            "user:-1",
         ] {
             assert_eq!(p(text).to_string(), text);
         }

@@ -324,10 +324,14 @@ impl Rule {
         }
         for group in &self.allow.any_of {
             if !group.is_empty() && group.iter().all(|p| p.matches(identity, value)) {
-                let names: Vec<String> = group.iter().map(ToString::to_string).collect();
-                return Verdict::Allowed {
-                    because: names.join(" and "),
-                };
+                let mut because = String::with_capacity(32);
+                for (index, principal) in group.iter().enumerate() {
+                    if index > 0 {
+                        because.push_str(" and ");
+                    }
+                    principal.push_text(&mut because);
+                }
+                return Verdict::Allowed { because };
             }
         }
         Verdict::Denied { permission }
@@ -469,6 +473,20 @@ mod tests {
                 permission: Permission::Update
             },
             "admin-reader does not write"
+        );
+        let grouped = rule(
+            "g",
+            "*",
+            &["GET"],
+            "/x",
+            &[&["user:9"], &["account:{owner}", "role:consultant"]],
+        );
+        assert_eq!(
+            grouped.decide(&identity(&["consultant"], 3), "GET", owner),
+            Verdict::Allowed {
+                because: "account:{owner} and role:consultant".into()
+            },
+            "the group that admitted, every principal of it"
         );
         let nobody = rule("n", "*", &["GET"], "/x", &[]);
         assert!(matches!(

@@ -204,17 +204,18 @@ pub fn log(
         (true, true) => Decision::Failed,
         (false, _) => Decision::Refused,
     };
+    let (mut user_text, mut account_text) = (itoa::Buffer::new(), itoa::Buffer::new());
     let user = ctx
         .identity
         .as_ref()
         .map(|identity| identity.user_id)
         .or(ctx.issued_to)
         .or(ctx.page_user)
-        .map(|id| id.to_string());
+        .map(|id| user_text.format(id));
     let account = ctx
         .identity
         .as_ref()
-        .map(|identity| identity.account_id.to_string());
+        .map(|identity| account_text.format(identity.account_id));
     metrics.request(
         ctx.route.as_deref().unwrap_or("-"),
         decision,
@@ -235,8 +236,8 @@ pub fn log(
         kind: "decision",
         request_id: &ctx.request_id,
         client,
-        user: user.as_deref(),
-        account: account.as_deref(),
+        user,
+        account,
         method: session.req_header().method.as_str(),
         path: ctx.target.as_ref().map(|target| target.path()),
         route: ctx.route.as_deref(),
