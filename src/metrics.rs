@@ -239,20 +239,16 @@ impl Metrics {
         self.second_factors.with_label_values(&[result]).inc();
     }
 
-    /// Counts one finished request.
-    pub fn request(&self, route: &str, decision: Decision, status: u16, seconds: f64) {
-        // `StatusCode` holds the text of every code; 0 (nothing written) has none.
-        let (code, text);
-        let status = match http::StatusCode::from_u16(status) {
-            Ok(valid) => {
-                code = valid;
-                code.as_str()
-            }
-            Err(_) => {
-                text = status.to_string();
-                text.as_str()
-            }
-        };
+    /// Counts one finished request; `status` is `None` when no response was written
+    /// (label `0`).
+    pub fn request(
+        &self,
+        route: &str,
+        decision: Decision,
+        status: Option<http::StatusCode>,
+        seconds: f64,
+    ) {
+        let status = status.as_ref().map_or("0", http::StatusCode::as_str);
         self.requests
             .with_label_values(&[route, decision.label(), status])
             .inc();
@@ -318,11 +314,16 @@ mod tests {
     #[test]
     fn requests_and_reloads_appear_in_the_exposition() {
         let metrics = Metrics::new().expect("metrics");
-        metrics.request("api", Decision::Allowed, 200, 0.002);
-        metrics.request("api", Decision::Allowed, 200, 0.004);
-        metrics.request("-", Decision::Refused, 404, 0.0001);
+        metrics.request("api", Decision::Allowed, Some(http::StatusCode::OK), 0.002);
+        metrics.request("api", Decision::Allowed, Some(http::StatusCode::OK), 0.004);
+        metrics.request(
+            "-",
+            Decision::Refused,
+            Some(http::StatusCode::NOT_FOUND),
+            0.0001,
+        );
         // A connection that ended before any response was written.
-        metrics.request("-", Decision::Refused, 0, 0.0001);
+        metrics.request("-", Decision::Refused, None, 0.0001);
         metrics.certificate_reload(None);
         metrics.certificate_reload(Some(1_900_000_000));
         let text = String::from_utf8(metrics.render()).expect("utf8");

@@ -208,27 +208,26 @@ impl Subject<'_> {
             if index > 0 {
                 key_text.push('|');
             }
-            let parts: [&str; 2] = match (key, self.user, self.account, self.login) {
-                (Key::User, Some(user), _, _) => ["user=", digits.format(user)],
-                (Key::Account, _, Some(account), _) => ["account=", digits.format(account)],
-                (Key::Route, ..) => ["route=", self.route],
+            let owned;
+            let (name, value): (&str, &str) = match (key, self.user, self.account, self.login) {
+                (Key::User, Some(user), _, _) => ("user=", digits.format(user)),
+                (Key::Account, _, Some(account), _) => ("account=", digits.format(account)),
+                (Key::Route, ..) => ("route=", self.route),
                 (Key::Login, _, _, Some(login)) => {
-                    key_text.push_str(&login_key(login));
-                    continue;
+                    owned = login_key(login);
+                    ("", &owned)
                 }
                 (Key::Ip, ..) => {
-                    key_text.push_str("ip=");
-                    key_text.push_str(&ip());
-                    continue;
+                    owned = ip();
+                    ("ip=", &owned)
                 }
                 (Key::User | Key::Account | Key::Login, ..) => {
-                    key_text.push_str("anon=");
-                    key_text.push_str(&ip());
-                    continue;
+                    owned = ip();
+                    ("anon=", &owned)
                 }
             };
-            key_text.push_str(parts[0]);
-            key_text.push_str(parts[1]);
+            key_text.push_str(name);
+            key_text.push_str(value);
         }
         key_text
     }

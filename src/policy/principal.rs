@@ -124,31 +124,34 @@ impl Principal {
 }
 
 impl Principal {
-    /// Appends the principal as written in a policy file (what `Display` shows), without
-    /// the formatter: a permitted request names the principals that admitted it.
+    /// The principal as written in a policy file, in pieces; `digits` holds an id's.
+    fn pieces<'a>(&'a self, digits: &'a mut itoa::Buffer) -> [&'a str; 3] {
+        match self {
+            Self::User(id) => ["user:", digits.format(*id), ""],
+            Self::Account(id) => ["account:", digits.format(*id), ""],
+            Self::Role(role) => ["role:", role, ""],
+            Self::AccountRole(role) => ["account-role:", role, ""],
+            Self::EveryLoggedInUser => ["every-logged-in-user", "", ""],
+            Self::UserRelation(name) => ["user:{", name, "}"],
+            Self::AccountRelation(name) => ["account:{", name, "}"],
+            Self::Unowned(name) => ["public:{", name, "}"],
+        }
+    }
+
+    /// Appends what `Display` shows, without the formatter: a permitted request names
+    /// the principals that admitted it.
     pub fn push_text(&self, out: &mut String) {
-        let mut digits = itoa::Buffer::new();
-        let parts: &[&str] = match self {
-            Self::User(id) => &["user:", digits.format(*id)],
-            Self::Account(id) => &["account:", digits.format(*id)],
-            Self::Role(role) => &["role:", role],
-            Self::AccountRole(role) => &["account-role:", role],
-            Self::EveryLoggedInUser => &["every-logged-in-user"],
-            Self::UserRelation(name) => &["user:{", name, "}"],
-            Self::AccountRelation(name) => &["account:{", name, "}"],
-            Self::Unowned(name) => &["public:{", name, "}"],
-        };
-        for part in parts {
-            out.push_str(part);
+        for piece in self.pieces(&mut itoa::Buffer::new()) {
+            out.push_str(piece);
         }
     }
 }
 
 impl std::fmt::Display for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut text = String::new();
-        self.push_text(&mut text);
-        f.write_str(&text)
+        self.pieces(&mut itoa::Buffer::new())
+            .into_iter()
+            .try_for_each(|piece| f.write_str(piece))
     }
 }
 

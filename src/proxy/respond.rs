@@ -192,9 +192,8 @@ pub fn log(
     metrics: &Metrics,
     audit: &Audit,
 ) {
-    let status = session
-        .response_written()
-        .map_or(0, |response| response.status.as_u16());
+    let code = session.response_written().map(|response| response.status);
+    let status = code.map_or(0, |code| code.as_u16());
     let seconds = ctx.started.elapsed().as_secs_f64();
     let latency_ms = seconds * 1000.0;
     let decision = match (ctx.permit.is_some(), ctx.refusal.is_some()) {
@@ -216,12 +215,7 @@ pub fn log(
         .identity
         .as_ref()
         .map(|identity| account_text.format(identity.account_id));
-    metrics.request(
-        ctx.route.as_deref().unwrap_or("-"),
-        decision,
-        status,
-        seconds,
-    );
+    metrics.request(ctx.route.as_deref().unwrap_or("-"), decision, code, seconds);
     let client = ctx.client.as_ref().map(ForwardedFor::client_text);
     // Why the gateway refused, or why a policy rule allowed.
     let reason = ctx.refusal.as_ref().map(ToString::to_string).or_else(|| {
