@@ -6,6 +6,7 @@
 //! log rotation) or to stdout. SECURITY: records carry ids, the canonical path and the
 //! decision; never headers, query strings, bodies or credentials.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,10 +23,14 @@ pub enum AuditTarget {
     File(PathBuf),
 }
 
-/// One decision, as written.
+/// One decision, as written. Every request writes one, so it is written field by
+/// field ([`DecisionRecord::write_json`]); the `Serialize` derive is the reference
+/// that writing is tested against.
 #[derive(Debug, Serialize)]
 pub struct DecisionRecord<'a> {
-    pub time: String,
+    /// Milliseconds since the Unix epoch, written as RFC 3339 UTC (see [`now`]).
+    #[serde(serialize_with = "time_text")]
+    pub time: i64,
     pub kind: &'static str,
     pub request_id: &'a str,
     pub client: Option<&'a str>,
@@ -38,8 +43,124 @@ pub struct DecisionRecord<'a> {
     pub decision: &'static str,
     pub reason: Option<&'a str>,
     pub status: u16,
-    pub latency_ms: f64,
+    /// Written as milliseconds with up to three decimals, under `latency_ms`.
+    #[serde(rename = "latency_ms", serialize_with = "micros_as_millis")]
+    pub latency_us: u64,
     pub bytes: usize,
+}
+
+fn time_text<S: serde::Serializer>(millis: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&rfc3339_millis(*millis))
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
+fn micros_as_millis<S: serde::Serializer>(micros: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(micros_to_millis(*micros))
+}
+
+/// Microseconds as fractional milliseconds. Exact up to 2^53 µs (285 years).
+#[allow(clippy::cast_precision_loss)]
+fn micros_to_millis(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+impl DecisionRecord<'_> {
+    /// The record as one JSON line, without the newline: the bytes `serde_json`
+    /// writes for it (a property test holds the two together), without serde's
+    /// per-field calls, which cost several times as much.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":\"");
+        push_rfc3339_millis(out, self.time);
+        out.extend_from_slice(b"\",\"kind\":");
+        push_json_string(out, self.kind);
+        out.extend_from_slice(b",\"request_id\":");
+        push_json_string(out, self.request_id);
+        for (key, value) in [
+            (&b",\"client\":"[..], self.client),
+            (b",\"user\":", self.user),
+            (b",\"account\":", self.account),
+            (b",\"method\":", Some(self.method)),
+            (b",\"path\":", self.path),
+            (b",\"route\":", self.route),
+            (b",\"decision\":", Some(self.decision)),
+            (b",\"reason\":", self.reason),
+        ] {
+            out.extend_from_slice(key);
+            match value {
+                Some(text) => push_json_string(out, text),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        let mut number = itoa::Buffer::new();
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(number.format(self.status).as_bytes());
+        out.extend_from_slice(b",\"latency_ms\":");
+        push_millis(out, self.latency_us);
+        out.extend_from_slice(b",\"bytes\":");
+        out.extend_from_slice(number.format(self.bytes).as_bytes());
+        out.push(b'}');
+    }
+}
+
+/// `text` as a JSON string, escaped as `serde_json` escapes it: `"`, `\\` and the
+/// control characters below U+0020, with the short forms where JSON has them.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8] = b"0123456789abcdef";
+    out.push(b'"');
+    let mut rest = text.as_bytes();
+    while let Some(at) = rest
+        .iter()
+        .position(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
+    {
+        let (clean, escaped) = rest.split_at(at);
+        out.extend_from_slice(clean);
+        let Some((&byte, after)) = escaped.split_first() else {
+            break;
+        };
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                // Below 0x20: the high digit is 0 or 1.
+                out.push(b'0' + (byte >> 4));
+                out.push(HEX.get(usize::from(byte & 0xf)).copied().unwrap_or(b'0'));
+            }
+        }
+        rest = after;
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+}
+
+/// Microseconds as a JSON number of milliseconds, the text `serde_json` writes for
+/// the same `f64`: `0.0`, `0.5`, `12.345`. Latencies of 10^12 µs (11 days) and
+/// more, where that text may turn to exponents, go through `serde_json` itself.
+fn push_millis(out: &mut Vec<u8>, micros: u64) {
+    if micros >= 1_000_000_000_000 {
+        if serde_json::to_writer(&mut *out, &micros_to_millis(micros)).is_err() {
+            out.extend_from_slice(b"null");
+        }
+        return;
+    }
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+    out.push(b'.');
+    let fraction = micros % 1000;
+    let digits = [fraction / 100, fraction / 10 % 10, fraction % 10].map(|digit| {
+        // Below 10.
+        b'0' + u8::try_from(digit).unwrap_or(0)
+    });
+    let significant = match digits {
+        [_, b'0', b'0'] => 1,
+        [_, _, b'0'] => 2,
+        _ => 3,
+    };
+    out.extend_from_slice(digits.get(..significant).unwrap_or(b"0"));
 }
 
 /// Something security-relevant that is not a request decision: certificate and
@@ -79,13 +200,16 @@ pub struct AdminEvent {
 
 /// The sending side, shared by every request.
 pub struct Audit {
-    sender: mpsc::Sender<String>,
+    /// Records as JSON text, one line each without its newline.
+    sender: mpsc::Sender<Vec<u8>>,
     metrics: Arc<Metrics>,
 }
 
 /// The receiving side, owned by the writer task.
 pub struct AuditWriter {
-    receiver: mpsc::Receiver<String>,
+    receiver: mpsc::Receiver<Vec<u8>>,
+    /// The last batch's buffer, kept for the next one.
+    spare: Vec<u8>,
     target: AuditTarget,
     metrics: Arc<Metrics>,
     /// Whether the last write failed (errors are logged once until one succeeds).
@@ -102,6 +226,7 @@ impl Audit {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let writer = AuditWriter {
             receiver,
+            spare: Vec::new(),
             target,
             metrics: metrics.clone(),
             failing: false,
@@ -111,16 +236,23 @@ impl Audit {
 
     /// Queues a record; never blocks. A full channel drops it and counts the drop.
     pub fn record(&self, record: &impl Serialize) {
+        let mut line = Vec::with_capacity(RECORD_CAPACITY);
+        match serde_json::to_writer(&mut line, record) {
+            Ok(()) => self.queue(line),
+            Err(_) => self.metrics.audit_dropped(),
+        }
+    }
+
+    /// Queues a request's decision, like [`Audit::record`].
+    pub fn decision(&self, record: &DecisionRecord<'_>) {
         // Sized for a decision record, so the line is not grown and copied as it is
         // written.
-        let mut buffer = Vec::with_capacity(RECORD_CAPACITY);
-        let line = serde_json::to_writer(&mut buffer, record)
-            .ok()
-            .and_then(|()| String::from_utf8(buffer).ok());
-        let Some(line) = line else {
-            self.metrics.audit_dropped();
-            return;
-        };
+        let mut line = Vec::with_capacity(RECORD_CAPACITY);
+        record.write_json(&mut line);
+        self.queue(line);
+    }
+
+    fn queue(&self, line: Vec<u8>) {
         if self.sender.try_send(line).is_err() {
             self.metrics.audit_dropped();
         }
@@ -159,46 +291,83 @@ impl Audit {
 
 /// Now, as RFC 3339 UTC with milliseconds: `2026-11-24T09:12:03.042Z`.
 pub fn now() -> String {
+    rfc3339_millis(now_millis())
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let millis = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
-    rfc3339_millis(millis)
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A time in milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`: always
 /// this width, so records sort by it as text. Outside the years 0000–9999, the
-/// number itself. Written out by hand: every request's record has one, and a general
-/// formatter costs several times as much.
+/// number itself.
 fn rfc3339_millis(unix_millis: i64) -> String {
-    let seconds = unix_millis.div_euclid(1000);
-    let millis = unix_millis.rem_euclid(1000);
-    let days = seconds.div_euclid(86_400);
-    let of_day = seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    if !(0..=9999).contains(&year) {
-        return unix_millis.to_string();
-    }
-    let fields = [
-        (year, 4),
-        (month, 2),
-        (day, 2),
-        (of_day / 3600, 2),
-        (of_day / 60 % 60, 2),
-        (of_day % 60, 2),
-        (millis, 3),
-    ];
     let mut text = Vec::with_capacity(24);
-    for ((value, width), after) in fields.into_iter().zip(*b"--T::.Z") {
-        // Every field is in range: not negative and below 10^width.
-        let mut place = 10_i64.pow(width - 1);
-        while place > 0 {
-            text.push(b'0' + u8::try_from(value / place % 10).unwrap_or(0));
-            place /= 10;
-        }
-        text.push(after);
-    }
+    push_rfc3339_millis(&mut text, unix_millis);
     String::from_utf8(text).unwrap_or_default()
+}
+
+/// [`rfc3339_millis`], appended to `out`. Written out by hand: every request's
+/// record has one, and a general formatter costs several times as much. Each
+/// thread keeps the date and time of the last second it wrote, so the records of
+/// one second write only their milliseconds.
+fn push_rfc3339_millis(out: &mut Vec<u8>, unix_millis: i64) {
+    thread_local! {
+        static LAST_SECOND: Cell<(i64, Option<[u8; 19]>)> = const { Cell::new((i64::MIN, None)) };
+    }
+    let seconds = unix_millis.div_euclid(1000);
+    let prefix = LAST_SECOND.with(|last| match last.get() {
+        (cached, text) if cached == seconds => text,
+        _ => {
+            let text = second_text(seconds);
+            last.set((seconds, text));
+            text
+        }
+    });
+    let Some(prefix) = prefix else {
+        out.extend_from_slice(itoa::Buffer::new().format(unix_millis).as_bytes());
+        return;
+    };
+    out.extend_from_slice(&prefix);
+    out.push(b'.');
+    push_digits(out, unix_millis.rem_euclid(1000), 3);
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a second since the Unix epoch; `None` outside the years
+/// 0000–9999.
+fn second_text(seconds: i64) -> Option<[u8; 19]> {
+    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let of_day = seconds.rem_euclid(86_400);
+    let mut text = Vec::with_capacity(19);
+    push_digits(&mut text, year, 4);
+    for (separator, value) in [
+        (b'-', month),
+        (b'-', day),
+        (b'T', of_day / 3600),
+        (b':', of_day / 60 % 60),
+        (b':', of_day % 60),
+    ] {
+        text.push(separator);
+        push_digits(&mut text, value, 2);
+    }
+    text.try_into().ok()
+}
+
+/// `value`, which is not negative and below 10^`width`, in exactly `width` digits.
+fn push_digits(out: &mut Vec<u8>, value: i64, width: u32) {
+    let mut place = 10_i64.pow(width.saturating_sub(1));
+    while place > 0 {
+        out.push(b'0' + u8::try_from(value / place % 10).unwrap_or(0));
+        place /= 10;
+    }
 }
 
 /// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
@@ -243,11 +412,12 @@ impl AuditWriter {
                 line = self.receiver.recv() => {
                     let Some(line) = line else { break };
                     let batch = self.batch(line);
-                    self.write(output.as_mut(), &batch).await;
+                    let full = batch.records >= MAX_BATCH;
+                    self.write(output.as_mut(), batch).await;
                     // Let the next records gather: under load, requests then queue
                     // theirs without waking this thread, and one write takes many.
                     // A full batch means more are waiting: no pause then.
-                    if batch.records < MAX_BATCH {
+                    if !full {
                         tokio::time::sleep(BATCH_PAUSE).await;
                     }
                 }
@@ -255,18 +425,17 @@ impl AuditWriter {
         }
         while let Ok(line) = self.receiver.try_recv() {
             let batch = self.batch(line);
-            self.write(output.as_mut(), &batch).await;
+            self.write(output.as_mut(), batch).await;
         }
     }
 
     /// `first` and whatever else is already queued, up to [`MAX_BATCH`] records: one
     /// write for all of them. Under load the writer neither wakes nor writes once per
     /// request; when idle, a record is written as soon as it comes.
-    fn batch(&mut self, first: String) -> Batch {
-        let mut batch = Batch {
-            bytes: Vec::with_capacity(first.len() + 1),
-            records: 0,
-        };
+    fn batch(&mut self, first: Vec<u8>) -> Batch {
+        let mut bytes = std::mem::take(&mut self.spare);
+        bytes.clear();
+        let mut batch = Batch { bytes, records: 0 };
         batch.push(&first);
         while batch.records < MAX_BATCH {
             match self.receiver.try_recv() {
@@ -279,8 +448,8 @@ impl AuditWriter {
 
     /// Writes records; a failure (disk full, say) loses them, is counted, and is
     /// logged once until a write succeeds again. Requests never wait for this.
-    async fn write(&mut self, out: Option<&mut Output>, batch: &Batch) {
-        match write_batch(out, batch).await {
+    async fn write(&mut self, out: Option<&mut Output>, batch: Batch) {
+        match write_batch(out, &batch).await {
             Ok(()) if self.failing => {
                 tracing::info!("audit log writable again");
                 self.failing = false;
@@ -293,6 +462,10 @@ impl AuditWriter {
                     self.failing = true;
                 }
             }
+        }
+        // The next batch fills this buffer again, unless one record made it large.
+        if batch.bytes.capacity() <= MAX_SPARE {
+            self.spare = batch.bytes;
         }
     }
 }
@@ -327,6 +500,8 @@ async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
 
 /// Records written at most at once.
 const MAX_BATCH: u64 = 512;
+/// The largest batch buffer kept for the next batch: 512 decision records fit.
+const MAX_SPARE: usize = 1 << 20;
 /// After a write, the writer waits this long before it takes the next records.
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -337,8 +512,8 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, line: &str) {
-        self.bytes.extend_from_slice(line.as_bytes());
+    fn push(&mut self, line: &[u8]) {
+        self.bytes.extend_from_slice(line);
         self.bytes.push(b'\n');
         self.records += 1;
     }
@@ -403,6 +578,123 @@ mod tests {
         assert_eq!(rfc3339_millis(first - 1), (first - 1).to_string());
         assert_eq!(rfc3339_millis(i64::MIN), i64::MIN.to_string());
         assert_eq!(rfc3339_millis(i64::MAX), i64::MAX.to_string());
+    }
+
+    /// Text that needs every kind of escape, and some that needs none.
+    fn awkward_text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            proptest::prelude::any::<String>(),
+            "[\\x00-\\x1f\"\\\\\\x7fa/é😀]{0,12}",
+        ]
+    }
+
+    fn optional_text() -> impl proptest::strategy::Strategy<Value = Option<String>> {
+        proptest::option::of(awkward_text())
+    }
+
+    proptest::proptest! {
+        /// The hand-written line is, byte for byte, what serde_json writes.
+        #[test]
+        fn decision_lines_are_what_serde_json_writes(
+            time in -70_000_000_000_000_i64..260_000_000_000_000,
+            texts in proptest::collection::vec(optional_text(), 6),
+            required in proptest::collection::vec(awkward_text(), 2),
+            status in proptest::prelude::any::<u16>(),
+            latency_us in proptest::prop_oneof![
+                0_u64..5_000_000,
+                proptest::prelude::any::<u64>(),
+            ],
+            bytes in proptest::prelude::any::<usize>(),
+        ) {
+            let text = |i: usize| texts.get(i).and_then(Option::as_deref);
+            let record = DecisionRecord {
+                time,
+                kind: "decision",
+                request_id: required.first().map_or("", String::as_str),
+                client: text(0),
+                user: text(1),
+                account: text(2),
+                method: required.get(1).map_or("", String::as_str),
+                path: text(3),
+                route: text(4),
+                decision: "allowed",
+                reason: text(5),
+                status,
+                latency_us,
+                bytes,
+            };
+            let mut line = Vec::new();
+            record.write_json(&mut line);
+            let expected = serde_json::to_vec(&record).expect("serializes");
+            proptest::prop_assert_eq!(
+                String::from_utf8_lossy(&line),
+                String::from_utf8_lossy(&expected)
+            );
+        }
+    }
+
+    #[test]
+    fn decision_lines_escape_and_round_numbers_as_serde_json_does() {
+        let record = DecisionRecord {
+            time: 1_795_511_523_042,
+            kind: "decision",
+            request_id: "r\"1\\\u{1}\n\t\u{8}\u{c}\r\u{1f}\u{7f}é",
+            client: None,
+            user: Some("7"),
+            account: Some("3"),
+            method: "GET",
+            path: Some("/api/v3_0/sensors"),
+            route: None,
+            decision: "refused",
+            reason: None,
+            status: 401,
+            latency_us: 1_000,
+            bytes: 0,
+        };
+        let mut line = Vec::new();
+        record.write_json(&mut line);
+        assert_eq!(
+            String::from_utf8(line).expect("utf8"),
+            concat!(
+                r#"{"time":"2026-11-24T09:12:03.042Z","kind":"decision","#,
+                r#""request_id":"r\"1\\\u0001\n\t\b\f\r\u001f"#,
+                "\u{7f}é\",",
+                r#""client":null,"user":"7","account":"3","method":"GET","#,
+                r#""path":"/api/v3_0/sensors","route":null,"decision":"refused","#,
+                r#""reason":null,"status":401,"latency_ms":1.0,"bytes":0}"#
+            )
+        );
+        for (micros, text) in [
+            (0, "0.0"),
+            (1, "0.001"),
+            (10, "0.01"),
+            (120, "0.12"),
+            (123_456, "123.456"),
+            (999_999_999_999, "999999999.999"),
+        ] {
+            let mut out = Vec::new();
+            push_millis(&mut out, micros);
+            assert_eq!(String::from_utf8(out).expect("utf8"), text);
+        }
+    }
+
+    /// One thread writes many records in one second: the date and time of day it
+    /// keeps for that second must follow the clock across seconds, days and years.
+    #[test]
+    fn the_kept_second_follows_the_clock() {
+        for (millis, text) in [
+            (1_795_511_523_042, "2026-11-24T09:12:03.042Z"),
+            (1_795_511_523_999, "2026-11-24T09:12:03.999Z"),
+            (1_795_511_524_000, "2026-11-24T09:12:04.000Z"),
+            (1_795_511_523_001, "2026-11-24T09:12:03.001Z"),
+            (1_798_761_599_999, "2026-12-31T23:59:59.999Z"),
+            (1_798_761_600_000, "2027-01-01T00:00:00.000Z"),
+            (253_402_300_800_000, "253402300800000"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+        ] {
+            assert_eq!(rfc3339_millis(millis), text);
+        }
     }
 
     #[test]

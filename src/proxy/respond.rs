@@ -1,6 +1,8 @@
 //! Responses the gateway writes itself, security headers on every TLS response, and
 //! the per-request log line.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::HeaderValue;
 use http::header::{
@@ -194,8 +196,7 @@ pub fn log(
 ) {
     let code = session.response_written().map(|response| response.status);
     let status = code.map_or(0, |code| code.as_u16());
-    let seconds = ctx.started.elapsed().as_secs_f64();
-    let latency_ms = seconds * 1000.0;
+    let elapsed = ctx.started.elapsed();
     let decision = match (ctx.permit.is_some(), ctx.refusal.is_some()) {
         _ if ctx.issued_to.is_some() => Decision::TokenIssued,
         _ if ctx.page.is_some() => Decision::Page,
@@ -215,18 +216,25 @@ pub fn log(
         .identity
         .as_ref()
         .map(|identity| account_text.format(identity.account_id));
-    metrics.request(ctx.route.as_deref().unwrap_or("-"), decision, code, seconds);
+    metrics.request(
+        ctx.route.as_deref().unwrap_or("-"),
+        decision,
+        code,
+        elapsed.as_secs_f64(),
+    );
     let client = ctx.client.as_ref().map(ForwardedFor::client_text);
     // Why the gateway refused, or why a policy rule allowed.
-    let reason = ctx.refusal.as_ref().map(ToString::to_string).or_else(|| {
-        ctx.permit
+    let reason: Option<Cow<'_, str>> = match &ctx.refusal {
+        Some(refusal) => Some(Cow::Owned(refusal.to_string())),
+        None => ctx
+            .permit
             .as_ref()
             .and_then(|permit| permit.because())
             .or(ctx.page)
-            .map(str::to_owned)
-    });
-    audit.record(&DecisionRecord {
-        time: crate::audit::now(),
+            .map(Cow::Borrowed),
+    };
+    audit.decision(&DecisionRecord {
+        time: crate::audit::now_millis(),
         kind: "decision",
         request_id: &ctx.request_id,
         client,
@@ -238,7 +246,7 @@ pub fn log(
         decision: decision.label(),
         reason: reason.as_deref(),
         status,
-        latency_ms: (latency_ms * 1000.0).round() / 1000.0,
+        latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         bytes: session.as_downstream().body_bytes_sent(),
     });
     tracing::info!(
@@ -249,7 +257,7 @@ pub fn log(
         path = ctx.target.as_ref().map_or("-", |target| target.path()),
         route = ctx.route.as_deref().unwrap_or("-"),
         status,
-        latency_ms = format_args!("{latency_ms:.3}"),
+        latency_ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
         reason = reason.as_deref().unwrap_or("-"),
         error = error.map(ToString::to_string).as_deref().unwrap_or("-"),
         "request"
