@@ -282,18 +282,17 @@ impl ForwardedFor {
 
     /// The forwarding headers the backend receives; set after [`Strip`] ran.
     pub fn headers(&self, host: Option<&str>, request_id: &str) -> Vec<(HeaderName, HeaderValue)> {
-        // The gateway terminates TLS, so the client's scheme is always https.
+        let text = |text: &str| HeaderValue::from_str(text).ok();
         let set = [
-            Some((X_FORWARDED_FOR, self.chain.as_str())),
-            Some((X_FORWARDED_PROTO, "https")),
-            Some((REQUEST_ID, request_id)),
-            host.map(|host| (X_FORWARDED_HOST, host)),
+            Some((X_FORWARDED_FOR, text(&self.chain))),
+            // The gateway terminates TLS, so the client's scheme is always https.
+            Some((X_FORWARDED_PROTO, Some(HeaderValue::from_static("https")))),
+            Some((REQUEST_ID, text(request_id))),
+            host.map(|host| (X_FORWARDED_HOST, text(host))),
         ];
         set.into_iter()
             .flatten()
-            .filter_map(|(name, value)| {
-                HeaderValue::from_str(value).ok().map(|value| (name, value))
-            })
+            .filter_map(|(name, value)| Some((name, value?)))
             .collect()
     }
 }

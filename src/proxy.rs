@@ -800,9 +800,8 @@ fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result
             "forwarding facts missing",
         ));
     };
-    let path_and_query = target.path_and_query();
-    let uri: http::Uri = path_and_query
-        .parse()
+    // From the String itself: the URI keeps its bytes instead of copying them.
+    let uri = http::Uri::try_from(target.path_and_query())
         .or_err(ErrorType::InternalError, "canonical target is not a URI")?;
     headers::edit_request(upstream_request, |request| {
         request.uri = uri;
@@ -810,7 +809,10 @@ fn forward(upstream_request: &mut RequestHeader, ctx: &RequestContext) -> Result
         let signed = Signed {
             request_id: &ctx.request_id,
             method: request.method.as_str(),
-            path_and_query: &path_and_query,
+            path_and_query: request
+                .uri
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str),
             now: crate::directory::now(),
         };
         let identity = identity_headers(ctx.identity.as_deref(), ctx.snapshot.signer(), &signed);

@@ -57,62 +57,83 @@ pub fn identity_headers(
     signer: Option<&IdentitySigner>,
     signed: &Signed<'_>,
 ) -> Vec<(HeaderName, HeaderValue)> {
-    let (user, account, roles, account_roles) = match identity {
-        Some(identity) => (
-            identity.user_id.to_string(),
-            identity.account_id.to_string(),
-            identity.roles.join(","),
-            identity.account_roles.join(","),
-        ),
+    // Each value is written once, into the buffer the header value keeps.
+    let [user, account, roles, account_roles] = match identity {
+        Some(identity) => [
+            decimal(identity.user_id),
+            decimal(identity.account_id),
+            joined(&identity.roles),
+            joined(&identity.account_roles),
+        ],
         None => Default::default(),
     };
-    let mut headers = Vec::with_capacity(5);
-    if identity.is_some() {
-        for (name, value) in [
-            (USER_ID, &user),
-            (ACCOUNT_ID, &account),
-            (ROLES, &roles),
-            (ACCOUNT_ROLES, &account_roles),
-        ] {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.push((name, value));
-            }
-        }
-    }
-    if let Some(IdentitySigner(key)) = signer {
-        let now = signed.now.to_string();
+    let signature = signer.map(|IdentitySigner(key)| {
+        let mut now = itoa::Buffer::new();
+        let now = now.format(signed.now);
         let mut context = hmac::Context::with_key(key);
-        for (index, line) in [
-            "v1",
-            &now,
-            signed.request_id,
-            signed.method,
-            signed.path_and_query,
+        context.update(b"v1");
+        for line in [
+            now.as_bytes(),
+            signed.request_id.as_bytes(),
+            signed.method.as_bytes(),
+            signed.path_and_query.as_bytes(),
             &user,
             &account,
             &roles,
             &account_roles,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if index > 0 {
-                context.update(b"\n");
+        ] {
+            context.update(b"\n");
+            context.update(line);
+        }
+        const HEX: &[u8] = b"0123456789abcdef";
+        let tag = context.sign();
+        let mut value = Vec::with_capacity(6 + now.len() + 2 * tag.as_ref().len());
+        value.extend_from_slice(b"t=");
+        value.extend_from_slice(now.as_bytes());
+        value.extend_from_slice(b",v1=");
+        for byte in tag.as_ref() {
+            for digit in [byte >> 4, byte & 0xf] {
+                value.push(HEX.get(usize::from(digit)).copied().unwrap_or(b'0'));
             }
-            context.update(line.as_bytes());
         }
-        let mut value = format!("t={now},v1=");
-        for byte in context.sign().as_ref() {
-            value.extend(
-                [byte >> 4, byte & 0xf]
-                    .map(|digit| char::from_digit(u32::from(digit), 16).unwrap_or('0')),
-            );
+        value
+    });
+    let mut headers = Vec::with_capacity(5);
+    // A value a header cannot carry (a control character in a role name) is left
+    // out; the signature still covers it.
+    let mut push = |name: HeaderName, value: Vec<u8>| {
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+            headers.push((name, value));
         }
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.push((SIGNATURE, value));
-        }
+    };
+    if identity.is_some() {
+        push(USER_ID, user);
+        push(ACCOUNT_ID, account);
+        push(ROLES, roles);
+        push(ACCOUNT_ROLES, account_roles);
+    }
+    if let Some(signature) = signature {
+        push(SIGNATURE, signature);
     }
     headers
+}
+
+fn decimal(id: i64) -> Vec<u8> {
+    itoa::Buffer::new().format(id).as_bytes().to_vec()
+}
+
+/// Names joined by commas. Every value here is sized exactly: `Bytes` keeps such a
+/// buffer as it is, where a larger one costs it another allocation.
+fn joined(names: &[String]) -> Vec<u8> {
+    let commas = names.len().saturating_sub(1);
+    let mut text = Vec::with_capacity(names.iter().map(String::len).sum::<usize>() + commas);
+    for (index, name) in names.iter().enumerate() {
+        if index > 0 {
+            text.push(b',');
+        }
+        text.extend_from_slice(name.as_bytes());
+    }
+    text
 }
 
 #[cfg(test)]
@@ -177,5 +198,63 @@ mod tests {
         let anonymous = identity_headers(None, Some(&signer), &SIGNED);
         assert_eq!(anonymous.len(), 1);
         assert_ne!(anonymous.first().map(|(_, v)| v), Some(value));
+    }
+
+    fn signature_over(secret: &[u8], message: &str) -> String {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let tag: String = hmac::sign(&key, message.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("t=1764000000,v1={tag}")
+    }
+
+    fn value_of<'a>(
+        headers: &'a [(HeaderName, HeaderValue)],
+        name: &HeaderName,
+    ) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    /// Anonymous requests: empty identity lines. A role name no header can carry:
+    /// the header is left out, and the signature still covers the name, so a
+    /// backend cannot take the missing header for no roles.
+    #[test]
+    fn the_signature_covers_empty_and_unsendable_identity_lines() {
+        let secret = b"backend shared secret of 32+ bytes!";
+        let signer = IdentitySigner::new(secret);
+        let anonymous = identity_headers(None, Some(&signer), &SIGNED);
+        assert_eq!(anonymous.len(), 1);
+        assert_eq!(
+            value_of(&anonymous, &SIGNATURE),
+            Some(
+                signature_over(
+                    secret,
+                    "v1\n1764000000\nrid\nGET\n/api/v3_0/assets?page=1\n\n\n\n"
+                )
+                .as_str()
+            )
+        );
+        let mut odd = identity();
+        odd.roles = vec!["line\nbreak".into()];
+        odd.account_roles = Vec::new();
+        let headers = identity_headers(Some(&odd), Some(&signer), &SIGNED);
+        assert_eq!(value_of(&headers, &ROLES), None);
+        assert_eq!(value_of(&headers, &USER_ID), Some("7"));
+        assert_eq!(value_of(&headers, &ACCOUNT_ROLES), Some(""));
+        assert_eq!(
+            value_of(&headers, &SIGNATURE),
+            Some(
+                signature_over(
+                    secret,
+                    "v1\n1764000000\nrid\nGET\n/api/v3_0/assets?page=1\n7\n3\nline\nbreak\n"
+                )
+                .as_str()
+            )
+        );
     }
 }
