@@ -184,15 +184,9 @@ mod tests {
             .find(|(n, _)| n == SIGNATURE)
             .expect("signed");
         let message = "v1\n1764000000\nrid\nGET\n/api/v3_0/assets?page=1\n7\n3\naccount-admin,consultant\nProsumer";
-        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let expected: String = hmac::sign(&key, message.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         assert_eq!(
             value.to_str().expect("ascii"),
-            format!("t=1764000000,v1={expected}")
+            signature_over(secret, message)
         );
         // Anonymous requests are signed with empty identity lines.
         let anonymous = identity_headers(None, Some(&signer), &SIGNED);
