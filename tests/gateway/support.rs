@@ -49,12 +49,71 @@ impl ClosedPort {
     }
 }
 
-/// `N` distinct loopback ports nobody listens on right now. All are held until all are
-/// chosen, so the kernel cannot hand out one of them twice.
+/// `N` distinct loopback ports for listeners a test starts later (gateways, Redis,
+/// PostgreSQL), each reserved for the rest of this test process.
+///
+/// A port taken with `bind(0)` and released would race: until the test's server binds
+/// it, the kernel may hand the same port to a `bind(0)` of a test running beside it (a
+/// backend, another reservation) or use it as a connection's source port. So the ports
+/// come from outside the kernel's ephemeral range, which `bind(0)` and `connect` never
+/// use, and each is held as a UDP socket of the same number: UDP and TCP ports are
+/// separate spaces, so the hold keeps every other test process (which all reserve the
+/// same way) off the port while the test's own server binds it over TCP.
 pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
-    let listeners: [StdListener; N] =
-        std::array::from_fn(|_| StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind"));
-    std::array::from_fn(|i| listeners[i].local_addr().expect("addr"))
+    std::array::from_fn(|_| reserve_port())
+}
+
+/// The UDP sockets that hold this process's reserved ports.
+static RESERVED: Mutex<Vec<std::net::UdpSocket>> = Mutex::new(Vec::new());
+
+fn reserve_port() -> SocketAddr {
+    use std::hash::BuildHasher;
+    let candidates = reservable_ports();
+    let count = candidates.iter().map(|range| range.len()).sum::<usize>();
+    assert!(count > 0, "no loopback ports to reserve");
+    // Processes started together begin their search at different places.
+    let start = std::hash::RandomState::new().hash_one(std::process::id()) as usize % count;
+    let ports = candidates.into_iter().flatten();
+    for port in ports.clone().skip(start).chain(ports.take(start)) {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let Ok(hold) = std::net::UdpSocket::bind(address) else {
+            continue;
+        };
+        // Free over TCP too: nothing outside the tests (or a test process that held it
+        // and has exited, leaving a server behind) is listening there.
+        if StdListener::bind(address).is_err() {
+            continue;
+        }
+        RESERVED.lock().expect("reserved ports").push(hold);
+        return address;
+    }
+    panic!("every loopback port outside the ephemeral range is in use");
+}
+
+/// The unprivileged ports outside `net.ipv4.ip_local_port_range`, or, where that range
+/// covers them all, every unprivileged port (reserving then still keeps tests off each
+/// other's ports, though not off the kernel's ephemeral choices).
+fn reservable_ports() -> Vec<std::ops::RangeInclusive<u16>> {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(str::parse::<u16>);
+            Some((bounds.next()?.ok()?, bounds.next()?.ok()?))
+        })
+        .unwrap_or((32768, 60999));
+    let outside: Vec<_> = [
+        high.checked_add(1).map(|first| first..=u16::MAX),
+        low.checked_sub(1).map(|last| 10_000..=last),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|range| !range.is_empty())
+    .collect();
+    if outside.is_empty() {
+        vec![1024..=u16::MAX]
+    } else {
+        outside
+    }
 }
 
 /// A request as the backend received it.
@@ -754,4 +813,25 @@ pub async fn metric(gateway: &TestGateway, sample: &str) -> Option<f64> {
         .text()
         .lines()
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn reserved_ports_are_held_from_other_tests_and_never_handed_out_by_the_kernel() {
+    let [first, second] = free_ports();
+    assert_ne!(first, second);
+    for address in [first, second] {
+        // Another test process, reserving the same way, is kept off the port...
+        assert!(std::net::UdpSocket::bind(address).is_err());
+        // ...while the test's own server can listen there.
+        drop(StdListener::bind(address).expect("the reserved port takes a listener"));
+    }
+    // Ports the kernel chooses (a backend's bind(0), a connection's source port) are
+    // never a reserved one.
+    let chosen: Vec<StdListener> = (0..500)
+        .map(|_| StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind"))
+        .collect();
+    for listener in &chosen {
+        let port = listener.local_addr().expect("addr").port();
+        assert!(port != first.port() && port != second.port());
+    }
 }
