@@ -7,11 +7,12 @@
 //! decision; never headers, query strings, bodies or credentials.
 
 use std::cell::Cell;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -242,6 +243,8 @@ pub struct Audit {
 /// The receiving side, owned by the writer task.
 pub struct AuditWriter {
     receiver: mpsc::Receiver<Vec<u8>>,
+    /// A sender of its own, to wake the writer's thread with.
+    wake: mpsc::Sender<Vec<u8>>,
     /// The last batch's buffer, kept for the next one.
     spare: Vec<u8>,
     target: AuditTarget,
@@ -260,6 +263,7 @@ impl Audit {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let writer = AuditWriter {
             receiver,
+            wake: sender.clone(),
             spare: Vec::new(),
             target,
             metrics: metrics.clone(),
@@ -425,47 +429,58 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 impl AuditWriter {
-    /// Writes records until `stop` resolves or every sender is gone, then drains the
-    /// queue. SIGUSR1 reopens the file (after `logrotate` moved it).
-    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        let mut rotate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
-        let mut output = reopen(&self.target, "open").await;
-        loop {
-            tokio::select! {
-                () = &mut stop => break,
-                Some(()) = async {
-                    match rotate.as_mut() {
-                        Some(signal) => signal.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    output = reopen(&self.target, "reopen").await;
-                }
-                line = self.receiver.recv() => {
-                    let Some(line) = line else { break };
-                    let batch = self.batch(line);
-                    let full = batch.records >= MAX_BATCH;
-                    self.write(output.as_mut(), batch).await;
-                    // Let the next records gather: under load, requests then queue
-                    // theirs without waking this thread, and one write takes many.
-                    // A full batch means more are waiting: no pause then.
-                    if !full {
-                        tokio::time::sleep(BATCH_PAUSE).await;
-                    }
-                }
+    /// Starts writing on a thread of its own. Writes are plain blocking writes there:
+    /// no runtime hands each one to a blocking pool and back, and requests never wait
+    /// for them.
+    pub fn start(self) -> std::io::Result<RunningWriter> {
+        let control = Arc::new(Control {
+            stop: AtomicBool::new(false),
+            reopen: AtomicBool::new(false),
+            wake: self.wake.clone(),
+        });
+        let thread = std::thread::Builder::new()
+            .name("portcullis-audit".into())
+            .spawn({
+                let control = control.clone();
+                move || self.run(&control)
+            })?;
+        Ok(RunningWriter { control, thread })
+    }
+
+    /// Writes records until told to stop, then drains the queue.
+    fn run(mut self, control: &Control) {
+        let mut output = reopen(&self.target, "open");
+        while let Some(first) = self.receiver.blocking_recv() {
+            if control.reopen.swap(false, Ordering::AcqRel) {
+                output = reopen(&self.target, "reopen");
+            }
+            let batch = self.batch(first);
+            let records = batch.records;
+            if records > 0 {
+                self.write(output.as_mut(), batch);
+            }
+            if control.stop.load(Ordering::Acquire) {
+                break;
+            }
+            // Let the next records gather: under load, requests then queue theirs
+            // without waking this thread, and one write takes many. A full batch
+            // means more are waiting: no pause then.
+            if records > 0 && records < MAX_BATCH {
+                std::thread::sleep(BATCH_PAUSE);
             }
         }
         while let Ok(line) = self.receiver.try_recv() {
             let batch = self.batch(line);
-            self.write(output.as_mut(), batch).await;
+            if batch.records > 0 {
+                self.write(output.as_mut(), batch);
+            }
         }
     }
 
     /// `first` and whatever else is already queued, up to [`MAX_BATCH`] records: one
     /// write for all of them. Under load the writer neither wakes nor writes once per
-    /// request; when idle, a record is written as soon as it comes.
+    /// request; when idle, a record is written as soon as it comes. Wake-ups (empty
+    /// lines) are left out.
     fn batch(&mut self, first: Vec<u8>) -> Batch {
         let mut bytes = std::mem::take(&mut self.spare);
         bytes.clear();
@@ -482,8 +497,8 @@ impl AuditWriter {
 
     /// Writes records; a failure (disk full, say) loses them, is counted, and is
     /// logged once until a write succeeds again. Requests never wait for this.
-    async fn write(&mut self, out: Option<&mut Output>, batch: Batch) {
-        match write_batch(out, &batch).await {
+    fn write(&mut self, out: Option<&mut Output>, batch: Batch) {
+        match write_batch(out, &batch) {
             Ok(()) if self.failing => {
                 tracing::info!("audit log writable again");
                 self.failing = false;
@@ -504,8 +519,46 @@ impl AuditWriter {
     }
 }
 
-async fn reopen(target: &AuditTarget, what: &str) -> Option<Output> {
-    match open(target).await {
+/// What the writer's thread is told from outside, with a way to wake it.
+struct Control {
+    stop: AtomicBool,
+    reopen: AtomicBool,
+    /// Sends an empty line: the writer wakes, sees the flags and writes nothing.
+    wake: mpsc::Sender<Vec<u8>>,
+}
+
+impl Control {
+    fn wake(&self) {
+        // A full queue needs no wake-up: the writer has records to take.
+        let _ = self.wake.try_send(Vec::new());
+    }
+}
+
+/// The audit writer's thread.
+pub struct RunningWriter {
+    control: Arc<Control>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RunningWriter {
+    /// Reopens the file before the next write (after `logrotate` moved it).
+    pub fn reopen(&self) {
+        self.control.reopen.store(true, Ordering::Release);
+        self.control.wake();
+    }
+
+    /// Writes what is queued, then returns once the thread has ended. Blocks.
+    pub fn finish(self) {
+        self.control.stop.store(true, Ordering::Release);
+        self.control.wake();
+        if self.thread.join().is_err() {
+            tracing::error!("the audit writer panicked; queued records are lost");
+        }
+    }
+}
+
+fn reopen(target: &AuditTarget, what: &str) -> Option<Output> {
+    match open(target) {
         Ok(output) => Some(output),
         Err(error) => {
             tracing::error!(%error, "cannot {what} the audit log; records are lost until it can be");
@@ -514,22 +567,22 @@ async fn reopen(target: &AuditTarget, what: &str) -> Option<Output> {
     }
 }
 
-type Output = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+type Output = Box<dyn std::io::Write + Send>;
 
-async fn open(target: &AuditTarget) -> std::io::Result<Output> {
+fn open(target: &AuditTarget) -> std::io::Result<Output> {
     match target {
-        AuditTarget::Stdout => Ok(Box::new(tokio::io::stdout())),
-        AuditTarget::File(path) => Ok(Box::new(open_append(path).await?)),
+        AuditTarget::Stdout => Ok(Box::new(std::io::stdout())),
+        AuditTarget::File(path) => Ok(Box::new(open_append(path)?)),
     }
 }
 
-async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
         .open(path)
-        .await
 }
 
 /// Records written at most at once.
@@ -546,19 +599,23 @@ struct Batch {
 }
 
 impl Batch {
+    /// Appends a line; an empty one is a wake-up, not a record.
     fn push(&mut self, line: &[u8]) {
+        if line.is_empty() {
+            return;
+        }
         self.bytes.extend_from_slice(line);
         self.bytes.push(b'\n');
         self.records += 1;
     }
 }
 
-async fn write_batch(out: Option<&mut Output>, batch: &Batch) -> std::io::Result<()> {
+fn write_batch(out: Option<&mut Output>, batch: &Batch) -> std::io::Result<()> {
     let Some(out) = out else {
         return Err(std::io::Error::other("the audit log is not open"));
     };
-    out.write_all(&batch.bytes).await?;
-    out.flush().await
+    out.write_all(&batch.bytes)?;
+    out.flush()
 }
 
 #[cfg(test)]
@@ -758,8 +815,42 @@ mod tests {
         assert!(text.contains("portcullis_audit_dropped_total 3"), "{text}");
     }
 
-    #[tokio::test]
-    async fn queued_records_are_written_in_batches_whole_and_in_order() {
+    #[test]
+    fn a_reopen_moves_later_records_to_the_new_file_and_writes_no_wake_ups() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let rotated = dir.path().join("audit.jsonl.1");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let (audit, writer) = Audit::channel(100, AuditTarget::File(path.clone()), metrics);
+        let running = writer.start().expect("writer");
+        let lines = |path: &Path| -> Vec<String> {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        audit.record(&Line { n: 1 });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while lines(&path).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "nothing written");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::fs::rename(&path, &rotated).expect("rotate");
+        running.reopen();
+        while !path.exists() {
+            assert!(std::time::Instant::now() < deadline, "not reopened");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        audit.record(&Line { n: 2 });
+        audit.record(&Line { n: 3 });
+        running.finish();
+        assert_eq!(lines(&rotated), [r#"{"n":1}"#]);
+        assert_eq!(lines(&path), [r#"{"n":2}"#, r#"{"n":3}"#]);
+    }
+
+    #[test]
+    fn queued_records_are_written_in_batches_whole_and_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
@@ -770,7 +861,7 @@ mod tests {
             audit.record(&Line { n });
         }
         drop(audit);
-        writer.run(std::future::pending()).await;
+        writer.start().expect("writer").finish();
         let text = std::fs::read_to_string(&path).expect("audit file");
         let written: Vec<String> = text.lines().map(str::to_owned).collect();
         let expected: Vec<String> = (0..count).map(|n| format!(r#"{{"n":{n}}}"#)).collect();

@@ -322,7 +322,8 @@ impl BackgroundService for AdminEventRelay {
     }
 }
 
-/// Runs the audit writer until shutdown, then lets it drain.
+/// Runs the audit writer's thread until shutdown, then lets it drain. SIGUSR1 has
+/// it reopen the file (after `logrotate` moved it).
 struct AuditService {
     writer: std::sync::Mutex<Option<AuditWriter>>,
 }
@@ -331,13 +332,29 @@ struct AuditService {
 impl BackgroundService for AuditService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let writer = self.writer.lock().ok().and_then(|mut writer| writer.take());
-        if let Some(writer) = writer {
-            writer
-                .run(async move {
-                    let _ = shutdown.changed().await;
-                })
-                .await;
+        let Some(writer) = writer else { return };
+        // Claimed before the writer starts: once a record is on disk, SIGUSR1 reopens.
+        let mut rotate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+        let running = match writer.start() {
+            Ok(running) => running,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the audit writer; audit records are dropped (portcullis_audit_dropped_total)");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(()) = async {
+                    match rotate.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => running.reopen(),
+            }
         }
+        let _ = tokio::task::spawn_blocking(move || running.finish()).await;
     }
 }
 
