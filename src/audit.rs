@@ -243,8 +243,9 @@ pub struct Audit {
 /// The receiving side, owned by the writer task.
 pub struct AuditWriter {
     receiver: mpsc::Receiver<Vec<u8>>,
-    /// A sender of its own, to wake the writer's thread with.
-    wake: mpsc::Sender<Vec<u8>>,
+    /// To wake the writer's thread with; weak, so the channel closes (and the thread
+    /// ends) once every [`Audit`] is gone.
+    wake: mpsc::WeakSender<Vec<u8>>,
     /// The last batch's buffer, kept for the next one.
     spare: Vec<u8>,
     target: AuditTarget,
@@ -263,7 +264,7 @@ impl Audit {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let writer = AuditWriter {
             receiver,
-            wake: sender.clone(),
+            wake: sender.downgrade(),
             spare: Vec::new(),
             target,
             metrics: metrics.clone(),
@@ -447,7 +448,8 @@ impl AuditWriter {
         Ok(RunningWriter { control, thread })
     }
 
-    /// Writes records until told to stop, then drains the queue.
+    /// Writes records until told to stop or every [`Audit`] is gone, then drains the
+    /// queue.
     fn run(mut self, control: &Control) {
         let mut output = reopen(&self.target, "open");
         while let Some(first) = self.receiver.blocking_recv() {
@@ -524,13 +526,16 @@ struct Control {
     stop: AtomicBool,
     reopen: AtomicBool,
     /// Sends an empty line: the writer wakes, sees the flags and writes nothing.
-    wake: mpsc::Sender<Vec<u8>>,
+    wake: mpsc::WeakSender<Vec<u8>>,
 }
 
 impl Control {
     fn wake(&self) {
-        // A full queue needs no wake-up: the writer has records to take.
-        let _ = self.wake.try_send(Vec::new());
+        // A full queue needs no wake-up: the writer has records to take. A closed
+        // one needs none either: the writer is draining it and ends.
+        if let Some(sender) = self.wake.upgrade() {
+            let _ = sender.try_send(Vec::new());
+        }
     }
 }
 
@@ -847,6 +852,25 @@ mod tests {
         running.finish();
         assert_eq!(lines(&rotated), [r#"{"n":1}"#]);
         assert_eq!(lines(&path), [r#"{"n":2}"#, r#"{"n":3}"#]);
+    }
+
+    #[test]
+    fn the_writer_ends_on_its_own_once_every_sender_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let (audit, writer) = Audit::channel(100, AuditTarget::File(path.clone()), metrics);
+        let running = writer.start().expect("writer");
+        audit.record(&Line { n: 1 });
+        drop(audit);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !running.thread.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "the writer runs on");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        running.finish();
+        let text = std::fs::read_to_string(&path).expect("audit file");
+        assert_eq!(text, "{\"n\":1}\n");
     }
 
     #[test]
