@@ -346,15 +346,19 @@ impl BackgroundService for AuditService {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(()) = async {
-                    match rotate.as_mut() {
-                        Some(signal) => signal.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => running.reopen(),
+                Some(()) = delivered(&mut rotate) => running.reopen(),
             }
         }
         let _ = tokio::task::spawn_blocking(move || running.finish()).await;
+    }
+}
+
+/// The next delivery of a signal watched with `signal(..).ok()`; never, for one that
+/// could not be watched.
+async fn delivered(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -138,12 +138,7 @@ impl BackgroundService for PolicyReloader {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(signal) => signal.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                Some(()) = super::delivered(&mut hangup) => {
                     tracing::info!("SIGHUP: reloading the policy");
                     loaded = self.look().await;
                     pending = None;
