@@ -1,7 +1,8 @@
 //! The harness: the real gateway in-process, an echo backend, and TLS clients.
 //!
-//! Every test gets fresh certificates, ephemeral loopback ports and its own gateway
-//! (`Server::run` on a thread), stopped when the handle drops.
+//! Every test gets fresh certificates, loopback ports reserved for it (see
+//! [`free_ports`]) and its own gateway (`Server::run` on a thread), stopped when the
+//! handle drops.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
