@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use data_encoding::HEXLOWER;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -106,7 +107,6 @@ impl DecisionRecord<'_> {
 /// `text` as a JSON string, escaped as `serde_json` escapes it: `"`, `\\` and the
 /// control characters below U+0020, with the short forms where JSON has them.
 fn push_json_string(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8] = b"0123456789abcdef";
     out.push(b'"');
     let mut rest = text.as_bytes();
     while let Some(at) = first_to_escape(rest) {
@@ -124,10 +124,10 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
             0x08 => out.extend_from_slice(b"\\b"),
             0x0c => out.extend_from_slice(b"\\f"),
             _ => {
+                let mut digits = [0; 2];
+                HEXLOWER.encode_mut(&[byte], &mut digits);
                 out.extend_from_slice(b"\\u00");
-                // Below 0x20: the high digit is 0 or 1.
-                out.push(b'0' + (byte >> 4));
-                out.push(HEX.get(usize::from(byte & 0xf)).copied().unwrap_or(b'0'));
+                out.extend_from_slice(&digits);
             }
         }
         rest = after;

@@ -21,6 +21,7 @@
 //! Anonymous requests (public routes) are signed too, with empty identity lines, so a
 //! backend can also trust the absence of an identity.
 
+use data_encoding::HEXLOWER;
 use http::header::{HeaderName, HeaderValue};
 use ring::hmac;
 
@@ -85,16 +86,16 @@ pub fn identity_headers(
             context.update(b"\n");
             context.update(line);
         }
-        const HEX: &[u8] = b"0123456789abcdef";
         let tag = context.sign();
-        let mut value = Vec::with_capacity(6 + now.len() + 2 * tag.as_ref().len());
+        let hex = HEXLOWER.encode_len(tag.as_ref().len());
+        let mut value = Vec::with_capacity(6 + now.len() + hex);
         value.extend_from_slice(b"t=");
         value.extend_from_slice(now.as_bytes());
         value.extend_from_slice(b",v1=");
-        for byte in tag.as_ref() {
-            for digit in [byte >> 4, byte & 0xf] {
-                value.push(HEX.get(usize::from(digit)).copied().unwrap_or(b'0'));
-            }
+        let start = value.len();
+        value.resize(start + hex, 0);
+        if let Some(digits) = value.get_mut(start..) {
+            HEXLOWER.encode_mut(tag.as_ref(), digits);
         }
         value
     });
