@@ -458,9 +458,7 @@ impl AuditWriter {
             }
             let batch = self.batch(first);
             let records = batch.records;
-            if records > 0 {
-                self.write(output.as_mut(), batch);
-            }
+            self.write(output.as_mut(), batch);
             if control.stop.load(Ordering::Acquire) {
                 break;
             }
@@ -473,9 +471,7 @@ impl AuditWriter {
         }
         while let Ok(line) = self.receiver.try_recv() {
             let batch = self.batch(line);
-            if batch.records > 0 {
-                self.write(output.as_mut(), batch);
-            }
+            self.write(output.as_mut(), batch);
         }
     }
 
@@ -498,19 +494,22 @@ impl AuditWriter {
     }
 
     /// Writes records; a failure (disk full, say) loses them, is counted, and is
-    /// logged once until a write succeeds again. Requests never wait for this.
+    /// logged once until a write succeeds again. Requests never wait for this. A
+    /// batch of wake-ups alone writes nothing.
     fn write(&mut self, out: Option<&mut Output>, batch: Batch) {
-        match write_batch(out, &batch) {
-            Ok(()) if self.failing => {
-                tracing::info!("audit log writable again");
-                self.failing = false;
-            }
-            Ok(()) => {}
-            Err(error) => {
-                self.metrics.audit_write_errors(batch.records);
-                if !self.failing {
-                    tracing::error!(%error, "cannot write the audit log; records are lost until it can be (portcullis_audit_write_errors_total)");
-                    self.failing = true;
+        if batch.records > 0 {
+            match write_batch(out, &batch) {
+                Ok(()) if self.failing => {
+                    tracing::info!("audit log writable again");
+                    self.failing = false;
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    self.metrics.audit_write_errors(batch.records);
+                    if !self.failing {
+                        tracing::error!(%error, "cannot write the audit log; records are lost until it can be (portcullis_audit_write_errors_total)");
+                        self.failing = true;
+                    }
                 }
             }
         }
