@@ -187,6 +187,11 @@ pub fn build(config: &Config, extras: &Extras) -> Result<Server, StartError> {
             metrics.policy_reload(true);
         }
         server.add_service(background_service("policy reload", reloader));
+    } else {
+        server.add_service(background_service(
+            "reload signal",
+            policy_reload::NothingToReload,
+        ));
     }
 
     server.add_service(background_service(

@@ -162,3 +162,25 @@ impl BackgroundService for PolicyReloader {
         }
     }
 }
+
+/// Without policy files there is nothing to reload in place, but SIGHUP (what
+/// `systemctl reload` sends) is still claimed: its default action would end the
+/// gateway. Each one is logged with what a reload would need.
+pub struct NothingToReload;
+
+#[async_trait]
+impl BackgroundService for NothingToReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = super::delivered(&mut hangup) => tracing::warn!(
+                    "SIGHUP: nothing reloaded; routes from [[route]] tables change at a restart, \
+                     policy files ([policies] dir) reload in place"
+                ),
+            }
+        }
+    }
+}

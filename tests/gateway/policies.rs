@@ -768,3 +768,49 @@ allow = ["account:{owner}"]
     assert_eq!(status(&gateway, "GET", "/sites/north", &ann).await, 200);
     assert_eq!(status(&gateway, "GET", "/sites/south", &ann).await, 404);
 }
+
+/// Whether this process catches `signal`: its bit in `SigCgt` of /proc/self/status.
+fn catches(signal: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).expect("SigCgt"))
+        .expect("SigCgt line");
+    mask & (1 << (signal - 1)) != 0
+}
+
+#[tokio::test]
+async fn sighup_without_policy_files_reloads_nothing_and_leaves_the_gateway_serving() {
+    // `systemctl reload` sends SIGHUP whatever the configuration; its default action
+    // would end a gateway whose routes come from [[route]] tables.
+    const SIGHUP: u32 = 1;
+    assert!(
+        !catches(SIGHUP),
+        "this test process must not catch SIGHUP before the gateway"
+    );
+    let backend = EchoBackend::start();
+    let gateway = TestGateway::start(&format!(
+        "[backends.echo]\naddress = \"{}\"\n\n[[route]]\nid = \"api\"\npath_prefix = \"/\"\nbackend = \"echo\"\nauth = \"public\"\n",
+        backend.address
+    ));
+    let client = gateway.tls();
+    assert_eq!(client.get("/before", "").await.status, 200);
+    let deadline = std::time::Instant::now() + super::support::DEADLINE;
+    while !catches(SIGHUP) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never claimed SIGHUP; its default action would end the process"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // Still this process, still serving, the same routes.
+    assert_eq!(client.get("/after", "").await.status, 200);
+    let targets: Vec<String> = backend.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/before", "/after"]);
+}
