@@ -212,6 +212,7 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(path: &Path) -> ExitCode {
+    claim_reload_signals();
     let (config, report) = load_checked(path);
     if !report.problems.is_empty() {
         eprint!("{}", report.render(color()));
@@ -220,6 +221,34 @@ fn run(path: &Path) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     };
     serve(&config, &Extras::default())
+}
+
+/// SIGHUP (`systemctl reload`) and SIGUSR1 (log rotation) end a process by default.
+/// Both are claimed before the configuration is read, so that one sent while the
+/// gateway starts is harmless; once running, the policy reloader and the audit writer
+/// act on them. A claim lasts for the life of the process (tokio never gives a
+/// signal back to its default action), so the runtime made for it can go.
+fn claim_reload_signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("warning: SIGHUP and SIGUSR1 stay fatal until the gateway runs: {error}");
+            return;
+        }
+    };
+    let _entered = runtime.enter();
+    for (name, kind) in [
+        ("SIGHUP", SignalKind::hangup()),
+        ("SIGUSR1", SignalKind::user_defined1()),
+    ] {
+        if let Err(error) = signal(kind) {
+            eprintln!("warning: {name} stays fatal until the gateway runs: {error}");
+        }
+    }
 }
 
 fn serve(config: &Config, extras: &Extras) -> ExitCode {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use portcullis::config;
 
-use super::support::{EchoBackend, Ports, TestGateway, config_text};
+use super::support::{EchoBackend, Ports, ProcessConfig, TestGateway, config_text};
 use super::users::{Stores, add_user, cli_ok, get_with, token_of};
 
 fn gateway_with_example_policy(backend: std::net::SocketAddr) -> TestGateway {
@@ -769,9 +769,10 @@ allow = ["account:{owner}"]
     assert_eq!(status(&gateway, "GET", "/sites/south", &ann).await, 404);
 }
 
-/// Whether this process catches `signal`: its bit in `SigCgt` of /proc/self/status.
-fn catches(signal: u32) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+/// Whether a process catches `signal`: its bit in `SigCgt` of /proc/PROCESS/status
+/// (`self` for this one).
+fn catches(process: &str, signal: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).expect("status");
     let mask = status
         .lines()
         .find_map(|line| line.strip_prefix("SigCgt:"))
@@ -786,7 +787,7 @@ async fn sighup_without_policy_files_reloads_nothing_and_leaves_the_gateway_serv
     // would end a gateway whose routes come from [[route]] tables.
     const SIGHUP: u32 = 1;
     assert!(
-        !catches(SIGHUP),
+        !catches("self", SIGHUP),
         "this test process must not catch SIGHUP before the gateway"
     );
     let backend = EchoBackend::start();
@@ -797,7 +798,7 @@ async fn sighup_without_policy_files_reloads_nothing_and_leaves_the_gateway_serv
     let client = gateway.tls();
     assert_eq!(client.get("/before", "").await.status, 200);
     let deadline = std::time::Instant::now() + super::support::DEADLINE;
-    while !catches(SIGHUP) {
+    while !catches("self", SIGHUP) {
         assert!(
             std::time::Instant::now() < deadline,
             "the gateway never claimed SIGHUP; its default action would end the process"
@@ -813,4 +814,70 @@ async fn sighup_without_policy_files_reloads_nothing_and_leaves_the_gateway_serv
     assert_eq!(client.get("/after", "").await.status, 200);
     let targets: Vec<String> = backend.received().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/before", "/after"]);
+}
+
+#[test]
+fn sighup_and_sigusr1_while_the_gateway_starts_do_not_end_it() {
+    // `systemctl start` returns once the binary runs (Type=exec); a `systemctl reload`
+    // or a log rotation right after must not find the signal's default action.
+    const SIGHUP: u32 = 1;
+    const SIGUSR1: u32 = 10;
+    let backend = EchoBackend::start();
+    let setup = ProcessConfig::write(&format!(
+        "[backends.echo]\naddress = \"{}\"\n\n[[route]]\nid = \"api\"\npath_prefix = \"/\"\nbackend = \"echo\"\nauth = \"public\"\n",
+        backend.address
+    ));
+    // The configuration comes through a FIFO: the process waits in its first read
+    // until the test writes, so the signals surely arrive before it serves.
+    let fifo = setup.dir.path().join("arriving.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let log = std::fs::File::create(setup.dir.path().join("gateway.log")).expect("log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config"])
+        .arg(&fifo)
+        .stdout(log.try_clone().expect("clone"))
+        .stderr(log)
+        .spawn()
+        .expect("start gateway");
+    let mut gateway = KillOnDrop(child);
+    let pid = gateway.0.id().to_string();
+    let deadline = std::time::Instant::now() + super::support::DEADLINE;
+    while !(catches(&pid, SIGHUP) && catches(&pid, SIGUSR1)) {
+        assert!(
+            matches!(gateway.0.try_wait(), Ok(None)),
+            "the gateway ended while starting"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP and SIGUSR1 are not claimed before the configuration is read"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for signal in ["-HUP", "-USR1"] {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+    std::fs::write(&fifo, std::fs::read(&setup.path).expect("config")).expect("write fifo");
+    super::support::wait_until_listening(setup.https);
+    assert!(
+        matches!(gateway.0.try_wait(), Ok(None)),
+        "a signal sent while starting ended the gateway"
+    );
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
