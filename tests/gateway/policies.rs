@@ -6,7 +6,7 @@ use std::path::Path;
 
 use portcullis::config;
 
-use super::support::{EchoBackend, Ports, ProcessConfig, TestGateway, config_text};
+use super::support::{EchoBackend, GatewayProcess, Ports, ProcessConfig, TestGateway, config_text};
 use super::users::{Stores, add_user, cli_ok, get_with, token_of};
 
 fn gateway_with_example_policy(backend: std::net::SocketAddr) -> TestGateway {
@@ -835,22 +835,11 @@ fn sighup_and_sigusr1_while_the_gateway_starts_do_not_end_it() {
         .status()
         .expect("mkfifo");
     assert!(made.success());
-    let log = std::fs::File::create(setup.dir.path().join("gateway.log")).expect("log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--config"])
-        .arg(&fifo)
-        .stdout(log.try_clone().expect("clone"))
-        .stderr(log)
-        .spawn()
-        .expect("start gateway");
-    let mut gateway = KillOnDrop(child);
-    let pid = gateway.0.id().to_string();
+    let mut gateway = GatewayProcess::spawn(&fifo, &setup.dir.path().join("gateway.log"));
+    let pid = gateway.pid().to_string();
     let deadline = std::time::Instant::now() + super::support::DEADLINE;
     while !(catches(&pid, SIGHUP) && catches(&pid, SIGUSR1)) {
-        assert!(
-            matches!(gateway.0.try_wait(), Ok(None)),
-            "the gateway ended while starting"
-        );
+        assert!(gateway.running(), "the gateway ended while starting");
         assert!(
             std::time::Instant::now() < deadline,
             "SIGHUP and SIGUSR1 are not claimed before the configuration is read"
@@ -867,17 +856,7 @@ fn sighup_and_sigusr1_while_the_gateway_starts_do_not_end_it() {
     std::fs::write(&fifo, std::fs::read(&setup.path).expect("config")).expect("write fifo");
     super::support::wait_until_listening(setup.https);
     assert!(
-        matches!(gateway.0.try_wait(), Ok(None)),
+        gateway.running(),
         "a signal sent while starting ended the gateway"
     );
-}
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -518,6 +518,14 @@ impl GatewayProcess {
     /// Runs `portcullis run --config config` with its output in `log`, and waits
     /// until `https` listens.
     pub fn start(config: &std::path::Path, log: &std::path::Path, https: SocketAddr) -> Self {
+        let running = Self::spawn(config, log);
+        wait_until_listening(https);
+        running
+    }
+
+    /// Runs `portcullis run --config config` with its output in `log`, and returns
+    /// at once.
+    pub fn spawn(config: &std::path::Path, log: &std::path::Path) -> Self {
         let log = std::fs::File::create(log).expect("log file");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "--config"])
@@ -527,9 +535,11 @@ impl GatewayProcess {
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("start gateway");
-        let running = Self { child };
-        wait_until_listening(https);
-        running
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn proc(&self, name: &str) -> std::path::PathBuf {
