@@ -266,20 +266,24 @@ impl<T> Templates<T> {
     /// The most specific template matching `path` (canonical, starting with `/`).
     pub fn find(&self, path: &str) -> Option<(&T, Captures)> {
         let path = path.strip_prefix('/')?;
-        let segments: Vec<&str> = if path.is_empty() {
-            Vec::new()
-        } else {
-            path.split('/').collect()
-        };
+        // "/" has no segments; "/a/" has two, "a" and "".
+        let segments = (!path.is_empty()).then_some(path);
         let mut captures = Vec::new();
-        find(&self.root, &segments, &mut captures).map(|value| (value, captures))
+        find(&self.root, segments, &mut captures).map(|value| (value, captures))
     }
 }
 
 /// Depth-first, most specific first: literal, then parameter, then rest. The first
 /// complete match is the most specific one by the module's rule.
-fn find<'t, T>(node: &'t Node<T>, segments: &[&str], captures: &mut Captures) -> Option<&'t T> {
-    let Some((first, rest)) = segments.split_first() else {
+///
+/// `segments` is what is left of the path, its segments still joined by `/` (so a
+/// rest parameter takes it as it is); `None` once every segment is matched.
+fn find<'t, T>(
+    node: &'t Node<T>,
+    segments: Option<&str>,
+    captures: &mut Captures,
+) -> Option<&'t T> {
+    let Some(remaining) = segments else {
         return node.end.as_ref().or_else(|| {
             node.rest.as_ref().map(|(name, value)| {
                 captures.push((name.clone(), String::new()));
@@ -287,7 +291,11 @@ fn find<'t, T>(node: &'t Node<T>, segments: &[&str], captures: &mut Captures) ->
             })
         });
     };
-    if let Some(child) = node.literals.get(*first)
+    let (first, rest) = match remaining.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (remaining, None),
+    };
+    if let Some(child) = node.literals.get(first)
         && let Some(found) = find(child, rest, captures)
     {
         return Some(found);
@@ -295,14 +303,14 @@ fn find<'t, T>(node: &'t Node<T>, segments: &[&str], captures: &mut Captures) ->
     if let Some((name, child)) = &node.parameter
         && !first.is_empty()
     {
-        captures.push((name.clone(), (*first).to_owned()));
+        captures.push((name.clone(), first.to_owned()));
         if let Some(found) = find(child, rest, captures) {
             return Some(found);
         }
         captures.pop();
     }
     node.rest.as_ref().map(|(name, value)| {
-        captures.push((name.clone(), segments.join("/")));
+        captures.push((name.clone(), remaining.to_owned()));
         value
     })
 }
@@ -435,12 +443,30 @@ mod tests {
         path.next().is_none()
     }
 
+    /// The parameters a matching `template` takes from `path`: a parameter its
+    /// segment, a rest parameter the segments left, joined by `/`.
+    fn captures_of(template: &Template, path: &[&str]) -> Captures {
+        let mut captures = Vec::new();
+        for (index, segment) in template.segments.iter().enumerate() {
+            match segment {
+                Segment::Literal(_) => {}
+                Segment::Parameter(name) => {
+                    captures.push((name.clone(), path[index].to_owned()));
+                }
+                Segment::Rest(name) => {
+                    captures.push((name.clone(), path[index.min(path.len())..].join("/")));
+                }
+            }
+        }
+        captures
+    }
+
     proptest::proptest! {
         #[test]
         fn the_trie_finds_the_most_specific_matching_template(
             shapes in proptest::collection::vec(
                 proptest::collection::vec(0u8..4, 0..4), 1..12),
-            path in proptest::collection::vec(0u8..3, 0..4),
+            path in proptest::collection::vec(0u8..4, 0..4),
         ) {
             let segment = |i: usize, kind: u8| match kind {
                 0 => "a".to_owned(),
@@ -459,14 +485,21 @@ mod tests {
                     added.push(template);
                 }
             }
-            let words = ["a", "b", "c"];
-            let path: Vec<&str> = path.iter().map(|i| words[*i as usize]).collect();
-            let found = templates.find(&format!("/{}", path.join("/"))).map(|(i, _)| *i);
+            // Empty segments too: "/a//b", "/a/".
+            let words = ["a", "b", "c", ""];
+            let text = format!("/{}", path.iter().map(|i| words[*i as usize]).collect::<Vec<_>>().join("/"));
+            // The segments of the path: none for "/", else what lies between slashes.
+            let path: Vec<&str> = match &text[1..] {
+                "" => Vec::new(),
+                rest => rest.split('/').collect(),
+            };
+            let found = templates.find(&text);
             let matching: Vec<usize> = (0..added.len()).filter(|i| matches(&added[*i], &path)).collect();
             match found {
                 None => proptest::prop_assert!(matching.is_empty()),
-                Some(best) => {
+                Some((&best, captures)) => {
                     proptest::prop_assert!(matching.contains(&best));
+                    proptest::prop_assert_eq!(captures, captures_of(&added[best], &path));
                     for other in matching {
                         proptest::prop_assert_ne!(
                             added[other].specificity(&added[best]),
