@@ -82,14 +82,27 @@ fn verify_signature(
 /// The token in an `Authorization` header value: the raw value, or what follows
 /// `Bearer ` (any case). `None` when the header is empty or not a plausible token.
 pub fn from_authorization(value: &[u8]) -> Option<&str> {
-    let value = std::str::from_utf8(value).ok()?.trim();
-    let token = match value.split_once(' ') {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-        Some(_) => return None,
-        None if value.eq_ignore_ascii_case("bearer") => return None,
+    // Tokens are ASCII: anything else is refused before it is looked into (and the
+    // scan for the scheme works on bytes, in one pass).
+    let value = value.trim_ascii();
+    if !value.is_ascii() {
+        return None;
+    }
+    let token = match value.iter().position(|byte| *byte == b' ') {
+        Some(space) => {
+            let (scheme, rest) = value.split_at(space);
+            if !scheme.eq_ignore_ascii_case(b"bearer") {
+                return None;
+            }
+            rest.trim_ascii()
+        }
+        None if value.eq_ignore_ascii_case(b"bearer") => return None,
         None => value,
     };
-    (!token.is_empty() && token.len() <= MAX_TOKEN_LENGTH && token.is_ascii()).then_some(token)
+    if token.is_empty() || token.len() > MAX_TOKEN_LENGTH {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
 }
 
 #[cfg(test)]
@@ -107,6 +120,10 @@ mod tests {
         assert_eq!(from_authorization(b"Bearer "), None);
         let long = vec![b'a'; MAX_TOKEN_LENGTH + 1];
         assert_eq!(from_authorization(&long), None);
+        assert_eq!(from_authorization(b" Bearer\tabc "), Some("Bearer\tabc"));
+        assert_eq!(from_authorization(b"Token abc"), None);
+        assert_eq!(from_authorization("Bearer abc\u{e9}".as_bytes()), None);
+        assert_eq!(from_authorization(b"Bearer abc\xff"), None);
     }
 
     /// SECURITY: the algorithm is the key's, never the token's. A tag made with the

@@ -62,10 +62,12 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// The caches the feed forgets from.
+/// The caches the feed forgets from. Their keys are not chosen by clients (user ids,
+/// and SHA-256 digests of tokens that passed the full check), so they hash with
+/// foldhash, seeded per process, rather than SipHash.
 struct Caches {
-    users: Cache<UserId, Arc<CachedUser>>,
-    tokens: Cache<[u8; 32], VerifiedToken>,
+    users: Cache<UserId, Arc<CachedUser>, foldhash::fast::RandomState>,
+    tokens: Cache<[u8; 32], VerifiedToken, foldhash::fast::RandomState>,
 }
 
 impl feed::Forget for Caches {
@@ -125,11 +127,11 @@ impl Native {
             users: Cache::builder()
                 .max_capacity(config.tokens.cache_capacity)
                 .time_to_live(settings.cache_ttl)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             tokens: Cache::builder()
                 .max_capacity(config.tokens.cache_capacity)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         });
         let freshness = feed::start(
             &handle,
