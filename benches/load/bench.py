@@ -30,6 +30,11 @@ LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
 FIXED_RATE = int(os.environ.get("BENCH_FIXED_RATE", "2000"))
 HANDSHAKE_RATE = int(os.environ.get("BENCH_HANDSHAKE_RATE", "300"))
 LOGIN_RATE = int(os.environ.get("BENCH_LOGIN_RATE", "20"))
+# Worker threads of both Rust proxies (nginx keeps one worker process).
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+# Only these scenarios (names from SCENARIOS, plus "login storm", separated by ";");
+# all of them when unset.
+ONLY = [name.strip() for name in os.environ.get("BENCH_SCENARIOS", "").split(";") if name.strip()]
 OHA = os.environ.get("BENCH_OHA", "oha")
 PORTCULLIS = os.environ.get("BENCH_PORTCULLIS", "portcullis")
 PINGORA = os.environ.get("BENCH_PINGORA", "bare_pingora")
@@ -133,7 +138,7 @@ def start_all(processes, wrap=()):
     port = free_port()
     log = open(WORK / "pingora.log", "w")
     pingora = pinned(PROXY_CPU, [*wrap, PINGORA, f"127.0.0.1:{port}", backend, str(certificate),
-                                 str(key), "1"], stdout=log, stderr=log)
+                                 str(key), str(THREADS)], stdout=log, stderr=log)
     processes.append(("process", pingora))
     wait_listening(port, "bare pingora")
     targets.append(Target("pingora", f"https://localhost:{port}", [pingora.pid]))
@@ -145,7 +150,7 @@ def start_all(processes, wrap=()):
     (WORK / "token.key").write_text(os.urandom(32).hex())
     config.write_text(fill("portcullis.toml", {
         "WORK": WORK, "LISTEN": f"127.0.0.1:{port}", "ADMIN": f"127.0.0.1:{admin}",
-        "BACKEND": backend, "CERTIFICATE": certificate, "KEY": key, "THREADS": 1,
+        "BACKEND": backend, "CERTIFICATE": certificate, "KEY": key, "THREADS": THREADS,
         "POLICIES": HERE / "policies"}))
     cli = [PORTCULLIS]
     subprocess.run([*cli, "account", "add", "Bench", "--config", str(config)], check=True,
@@ -235,6 +240,8 @@ def run_round(number, targets):
     records = []
     order = targets[number % len(targets):] + targets[:number % len(targets)]
     for name, only, extra, status, _ in SCENARIOS:
+        if ONLY and name not in ONLY:
+            continue
         for target in order:
             if only and target.name not in only:
                 continue
@@ -248,6 +255,8 @@ def run_round(number, targets):
                   f"cpu {record['cpu_us_per_request'] or 0:6.1f} us/req  {record['statuses']}",
                   flush=True)
     # The login storm: Portcullis's proxied latency with bcrypt logins beside it.
+    if ONLY and "login storm" not in ONLY:
+        return records
     gateway = next(t for t in targets if t.name == "portcullis")
     login = json.dumps({"email": EMAIL, "password": PASSWORD})
     storm = subprocess.Popen(
