@@ -164,7 +164,7 @@ impl RouteTable {
 
     /// The route for a request, given its host (any case, port allowed) and canonical path.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        let host = host.map(host_without_port).map(|h| h.to_ascii_lowercase());
+        let host = host.map(match_host);
         self.routes.iter().find(|route| {
             let host_matches = match (&route.host, &host) {
                 (HostPattern::Any, _) => true,
@@ -199,6 +199,17 @@ pub fn host_without_port(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
+    }
+}
+
+/// The host a request is matched with: without its port, in lower case (copied only
+/// when it has capitals, which most clients do not send).
+pub fn match_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = host_without_port(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use super::principal::Allow;
 use super::template::{Captures, Template, Templates};
 use crate::identity::Identity;
-use crate::route::{Access, HostPattern, host_without_port};
+use crate::route::{Access, HostPattern, match_host};
 
 /// What a request does to its resource (FlexMeasures' permissions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,15 +269,7 @@ impl RuleSet {
     /// The rule for a request: the most specific host pattern that has a rule for the
     /// method and path, and within it the most specific template.
     pub fn find(&self, host: Option<&str>, method: &str, path: &str) -> Option<Matched<'_>> {
-        // Lower case; most clients send it so, and then nothing is copied.
-        let host = host.map(|h| {
-            let h = host_without_port(h);
-            if h.bytes().any(|b| b.is_ascii_uppercase()) {
-                std::borrow::Cow::Owned(h.to_ascii_lowercase())
-            } else {
-                std::borrow::Cow::Borrowed(h)
-            }
-        });
+        let host = host.map(match_host);
         let exact = host.as_deref().and_then(|h| self.exact.get(h));
         let subdomains = self
             .subdomains
