@@ -143,27 +143,19 @@ auth = "token"
         (self.gateway.rss_kib(), self.gateway.open_fds())
     }
 
-    /// Waits until the gateway's resident memory is at most `bound` KiB, for at most
-    /// `MEMORY_RETURNED_WITHIN`; returns the last reading. The allocator hands freed
-    /// memory back gradually (its background thread, over about ten seconds).
-    async fn settle_rss(&self, bound: u64) -> u64 {
-        let deadline = Instant::now() + MEMORY_RETURNED_WITHIN;
+    /// Waits until `read()` (descriptors, resident memory) is at most `bound`, for at
+    /// most `within`; returns the last reading.
+    async fn settle<T: PartialOrd>(
+        &self,
+        read: impl Fn(&GatewayProcess) -> T,
+        bound: T,
+        within: Duration,
+    ) -> T {
+        let deadline = Instant::now() + within;
         loop {
-            let rss = self.gateway.rss_kib();
-            if rss <= bound || Instant::now() > deadline {
-                return rss;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Waits until the gateway's descriptors are at most `bound`; returns the count.
-    async fn settle(&self, bound: usize) -> usize {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let fds = self.gateway.open_fds();
-            if fds <= bound || Instant::now() > deadline {
-                return fds;
+            let reading = read(&self.gateway);
+            if reading <= bound || Instant::now() > deadline {
+                return reading;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -328,9 +320,17 @@ async fn ten_thousand_idle_keepalive_connections_are_held_and_released() {
         for connection in held {
             connection.close().await;
         }
-        let fd_after = soak.settle(fd_base + FD_SLACK).await;
+        let fd_after = soak
+            .settle(GatewayProcess::open_fds, fd_base + FD_SLACK, DEADLINE)
+            .await;
         let closed = Instant::now();
-        let rss_after = soak.settle_rss(rss_base + RSS_SLACK_KIB).await;
+        let rss_after = soak
+            .settle(
+                GatewayProcess::rss_kib,
+                rss_base + RSS_SLACK_KIB,
+                MEMORY_RETURNED_WITHIN,
+            )
+            .await;
         eprintln!(
             "soak idle round {round}: opened {IDLE_CONNECTIONS} in {opened_in:.1?}; \
              held: {rss_held} KiB, {fd_held} fds; after: {rss_after} KiB ({:.1?} after \
@@ -584,8 +584,16 @@ async fn a_mixed_load_leaves_memory_and_descriptors_where_it_found_them() {
     let started = Instant::now();
     let tally = mixed_load(&soak, length, &mut samples).await;
     let took = started.elapsed();
-    let fd_after = soak.settle(fd_before + FD_SLACK).await;
-    let rss_after = soak.settle_rss(rss_before + RSS_SLACK_KIB).await;
+    let fd_after = soak
+        .settle(GatewayProcess::open_fds, fd_before + FD_SLACK, DEADLINE)
+        .await;
+    let rss_after = soak
+        .settle(
+            GatewayProcess::rss_kib,
+            rss_before + RSS_SLACK_KIB,
+            MEMORY_RETURNED_WITHIN,
+        )
+        .await;
     let requests = tally.requests();
     eprintln!(
         "soak mixed load: {requests} requests in {took:.1?} ({:.0}/s) from {WORKERS} workers; \
