@@ -321,6 +321,8 @@ pub enum StartError {
     Runtime(std::io::Error),
     #[error("directory: {0}")]
     Store(StoreError),
+    #[error("the operating system's random source failed; no key for the token cache")]
+    Random,
 }
 
 /// Opens the gateway's own tables a configuration names (for the gateway and the
