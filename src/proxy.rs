@@ -85,16 +85,18 @@ impl Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestContext;
+    /// Boxed: pingora moves the request's future, which holds the context, several
+    /// times a request; a pointer moves instead of its 512 bytes.
+    type CTX = Box<RequestContext>;
 
-    fn new_ctx(&self) -> RequestContext {
-        RequestContext::new(self.snapshot.load_full())
+    fn new_ctx(&self) -> Box<RequestContext> {
+        Box::new(RequestContext::new(self.snapshot.load_full()))
     }
 
     async fn request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<bool> {
         // pingora keeps an HTTP/1.1 connection open between requests for as long as
         // the client likes; bound it. (A refusal may still end the connection.)
@@ -117,7 +119,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<Box<HttpPeer>> {
         // SECURITY: no permit, no backend. `request_filter` always sets one before
         // returning `false`; if that ever changes, fail closed here.
@@ -136,7 +138,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
         forward(upstream_request, ctx)
     }
@@ -146,7 +148,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
         guard_body(body, end_of_stream, ctx)
     }
@@ -155,7 +157,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
         respond::secure(response, ctx)
     }
@@ -164,7 +166,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         error: &Error,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> FailToProxy {
         respond::failure(session, error, ctx).await
     }
@@ -173,7 +175,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         error: Option<&Error>,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) {
         respond::log(session, error, ctx, &self.metrics, &self.audit);
     }
@@ -192,6 +194,11 @@ const MAX_LOGIN_BODY: usize = 16 * 1024;
 
 impl Gateway {
     /// `request_filter`'s stages, in order; any of them may refuse.
+    ///
+    /// The logins, the web login's pages, sessions and database lookups are awaited
+    /// boxed: their futures are large, and inline they would make every request's
+    /// future as large, to be allocated and copied for a token check that needs none
+    /// of them.
     async fn admit(
         &self,
         session: &mut Session,
@@ -202,16 +209,16 @@ impl Gateway {
             && web_login.serves(&path)
         {
             ctx.route = Some(crate::login::WEB_LOGIN_ROUTE.into());
-            return self.web_page(session, ctx, web_login, &path).await;
+            return Box::pin(self.web_page(session, ctx, web_login, &path)).await;
         }
         if let Some(authenticator) = &self.authenticator
             && path == authenticator.login_path()
         {
             ctx.route = Some(LOGIN_ROUTE.into());
             if let Some(backend) = authenticator.login_backend() {
-                return self.pass_login_through(backend, ctx).await;
+                return Box::pin(self.pass_login_through(backend, ctx)).await;
             }
-            return self.login(session, ctx, authenticator).await;
+            return Box::pin(self.login(session, ctx, authenticator)).await;
         }
         let admission = self.decide(session, ctx, &path).await?;
         if let Admission::Forward(_) = &admission {
@@ -431,8 +438,7 @@ impl Gateway {
                     .authenticator
                     .as_ref()
                     .ok_or_else(|| unavailable("no directory database".into()))?;
-                let row = authenticator
-                    .resolve(resource.query.clone(), key.clone())
+                let row = Box::pin(authenticator.resolve(resource.query.clone(), key.clone()))
                     .await
                     .map_err(|e| unavailable(e.to_string()))?;
                 let resolved = row.map(|(owner, consultancy)| Resolved {
@@ -474,7 +480,7 @@ impl Gateway {
         {
             identify(request, self.authenticator.as_deref(), &self.metrics).await?
         } else if let Some(web_login) = web_login {
-            match web_login.caller(&cookies_of(&request.headers)).await? {
+            match Box::pin(web_login.caller(&cookies_of(&request.headers))).await? {
                 Some(caller) if mfa && !caller.complete => {
                     return Err(if wants_html(request) {
                         Rejection::SignIn {

@@ -375,7 +375,9 @@ impl<C: Clock + Clone> RateLimiter<C> {
             return Ok(());
         }
         let outcome = match &self.shared {
-            Some(shared) => self.check_shared(shared, classes, subject).await,
+            // Boxed: the Redis round trip's future would otherwise enlarge every
+            // request's, local limits included.
+            Some(shared) => Box::pin(self.check_shared(shared, classes, subject)).await,
             None => self
                 .check_local(classes, subject)
                 .map_err(LimitError::Exceeded),
