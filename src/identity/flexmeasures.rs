@@ -41,7 +41,7 @@ pub struct FlexMeasures {
     state: Option<Database>,
     keys: FlaskSecurityKeys,
     password_salt: Secret<Vec<u8>>,
-    users: Cache<String, Arc<FlexMeasuresUser>>,
+    users: Cache<String, Arc<CachedUser>, foldhash::fast::RandomState>,
     pool: BlockingPool,
     dummy_hash: Arc<str>,
     login_path: String,
@@ -101,7 +101,9 @@ impl FlexMeasures {
             users: Cache::builder()
                 .max_capacity(config.tokens.cache_capacity)
                 .time_to_live(settings.cache_ttl)
-                .build(),
+                // Keys are uniquifiers from tokens whose signature passed, not
+                // chosen by clients: foldhash, as for the native caches.
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             dummy_hash: password::dummy_hash(DUMMY_BCRYPT_COST).into(),
             login_path: settings.login_path.clone(),
             login_backend: match flexmeasures.login {
@@ -162,22 +164,28 @@ impl FlexMeasures {
             .keys
             .decode(token, crate::directory::now())
             .map_err(|e| IdentityError::Invalid(e.kind()))?;
-        let (user, path) = match self.users.get(&claims.uniquifier) {
-            Some(user) => (user, VerificationPath::Cached),
+        let (cached, path) = match self.users.get(&claims.uniquifier) {
+            Some(cached) => (cached, VerificationPath::Cached),
             None => {
                 let database = self.database.clone();
                 let uniquifier = claims.uniquifier.clone();
-                let user = on_runtime(&self.handle, async move {
+                // Boxed: the database read's future would otherwise be part of
+                // every cached check's.
+                let user = Box::pin(on_runtime(&self.handle, async move {
                     database.user_by_uniquifier(&uniquifier).await
-                })
+                }))
                 .await
                 .map_err(|e| IdentityError::Unavailable(e.to_string()))?
                 .ok_or(IdentityError::Invalid("unknown user"))?;
-                let user = Arc::new(user);
-                self.users.insert(claims.uniquifier.clone(), user.clone());
-                (user, VerificationPath::Verified)
+                let cached = Arc::new(CachedUser {
+                    identity: Arc::new(identity(&user)),
+                    user,
+                });
+                self.users.insert(claims.uniquifier.clone(), cached.clone());
+                (cached, VerificationPath::Verified)
             }
         };
+        let user = &cached.user;
         if !user.active {
             return Err(IdentityError::Invalid("user inactive"));
         }
@@ -185,7 +193,7 @@ impl FlexMeasures {
             return Err(IdentityError::Invalid("token names another user"));
         }
         Ok(Verified {
-            identity: Arc::new(identity(&user)),
+            identity: cached.identity.clone(),
             path,
         })
     }
@@ -264,6 +272,13 @@ impl Drop for FlexMeasures {
         // The runtime field shuts down in the background; nothing else to release.
         let _ = &self.runtime;
     }
+}
+
+/// A FlexMeasures user as cached for token checks, with the identity requests carry
+/// (built once, not per request).
+struct CachedUser {
+    user: FlexMeasuresUser,
+    identity: Arc<Identity>,
 }
 
 fn identity(user: &FlexMeasuresUser) -> Identity {
