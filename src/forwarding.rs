@@ -331,12 +331,30 @@ pub fn cookies_for_backend<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option
 
 /// A fresh request id.
 pub fn new_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    // Written straight into a buffer: `to_string` goes through the formatter.
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_fresh_lowercase_uuids() {
+        let id = new_request_id();
+        let parsed = uuid::Uuid::parse_str(&id).expect("a uuid");
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(
+            id,
+            parsed.hyphenated().to_string(),
+            "hyphenated, lower case"
+        );
+        assert_ne!(new_request_id(), id);
+    }
 
     #[test]
     fn gateway_cookies_never_reach_the_backend() {
