@@ -202,6 +202,12 @@ pub fn host_without_port(host: &str) -> &str {
     }
 }
 
+/// A map built from configuration alone (routes, rules, backends), looked up with
+/// what requests carry. It hashes with foldhash, seeded per process, instead of
+/// SipHash: clients choose only the keys looked up, never what is stored, so they
+/// cannot lengthen its probe sequences beyond what the configuration built.
+pub type ConfigMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The host a request is matched with: without its port, in lower case (copied only
 /// when it has capitals, which most clients do not send).
 pub fn match_host(host: &str) -> std::borrow::Cow<'_, str> {

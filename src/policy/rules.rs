@@ -12,13 +12,12 @@
 //! `role:admin-reader` passes `read`. A rule in `shadow` mode never refuses: what it
 //! would have refused is reported so operators can try a rule before enforcing it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::principal::Allow;
 use super::template::{Captures, Template, Templates};
 use crate::identity::Identity;
-use crate::route::{Access, HostPattern, match_host};
+use crate::route::{Access, ConfigMap, HostPattern, match_host};
 
 /// What a request does to its resource (FlexMeasures' permissions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,14 +178,14 @@ pub struct Conflict {
 /// One host pattern's rules: a template trie per method.
 #[derive(Debug, Default)]
 struct HostRules {
-    by_method: HashMap<&'static str, Templates<usize>>,
+    by_method: ConfigMap<&'static str, Templates<usize>>,
 }
 
 /// Rules compiled for lookup.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    exact: HashMap<String, HostRules>,
+    exact: ConfigMap<String, HostRules>,
     /// Subdomain patterns, most specific first.
     subdomains: Vec<(HostPattern, HostRules)>,
     any: HostRules,

@@ -17,7 +17,7 @@
 //! how many literal branches dead-end and are retried as parameters), not on the
 //! number of templates.
 
-use std::collections::HashMap;
+use crate::route::ConfigMap;
 
 /// One segment of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +188,7 @@ pub struct Templates<T> {
 
 #[derive(Debug)]
 struct Node<T> {
-    literals: HashMap<String, Node<T>>,
+    literals: ConfigMap<String, Node<T>>,
     parameter: Option<(String, Box<Node<T>>)>,
     rest: Option<(String, T)>,
     end: Option<T>,
@@ -197,7 +197,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Self {
-            literals: HashMap::new(),
+            literals: ConfigMap::default(),
             parameter: None,
             rest: None,
             end: None,

@@ -4,7 +4,6 @@
 //! and keeps that `Arc` to the end, so a reload never mixes two configurations in one
 //! decision (CONVENTIONS 8).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -15,13 +14,14 @@ use crate::config::{Backend, Config, TokenInRequest};
 use crate::forwarding::{IdentitySigner, TrustedProxies};
 use crate::policy::rules::RuleSet;
 use crate::rate_limit::LimitClass;
+use crate::route::ConfigMap;
 use crate::route::RouteTable;
 use crate::tls::{TlsError, backend_ca};
 
 pub struct Snapshot {
     routes: RouteTable,
     /// Ready-made peers, cloned per request.
-    peers: HashMap<Arc<str>, HttpPeer>,
+    peers: ConfigMap<Arc<str>, HttpPeer>,
     hsts: HeaderValue,
     trusted_proxies: TrustedProxies,
     /// Every login attempt counts against these.
@@ -45,7 +45,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot from a checked configuration (backend CA files are read here).
     pub fn build(config: &Config) -> Result<Self, TlsError> {
-        let mut peers = HashMap::new();
+        let mut peers = ConfigMap::default();
         for backend in config.backends.values() {
             peers.insert(backend.name.clone(), peer(backend)?);
         }
