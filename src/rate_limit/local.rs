@@ -15,7 +15,7 @@ use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::{KeyedStateStore, ShrinkableKeyedStateStore};
-use governor::state::{InMemoryState, StateStore};
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
 use super::spec::Limit;
@@ -37,10 +37,17 @@ impl StateStore for BoundedStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        if !self.map.contains_key(key) && self.map.len() >= self.capacity {
-            return self.map.measure_and_replace(&OVERFLOW_KEY.to_owned(), f);
+        // A known key, the usual case: one lookup, as governor's own table does it.
+        if let Some(state) = self.map.get(key) {
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
         }
-        self.map.measure_and_replace(key, f)
+        let key = if self.map.len() >= self.capacity {
+            OVERFLOW_KEY.to_owned()
+        } else {
+            key.clone()
+        };
+        let state = self.map.entry(key).or_default();
+        state.measure_and_replace(&NotKeyed::NonKey, f)
     }
 }
 
