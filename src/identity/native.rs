@@ -6,10 +6,11 @@
 //! the current password hash matches the token's.
 //!
 //! The slow sha256_crypt check runs once per token: verified tokens are cached by a
-//! keyed digest of the token ([`TokenDigester`]), with the fingerprint of the password
-//! hash they were checked against, until they expire. Users are cached too and forgotten when the change
-//! feed (`feed`) says they changed; while the feed is not fresh, users are read from
-//! the stores on every request, and a store that cannot answer means 503.
+//! keyed digest of the token ([`TokenDigester`]), with the fingerprint of the
+//! password hash they were checked against, until they expire. Users are cached too
+//! and forgotten when the change feed (`feed`) says they changed; while the feed is
+//! not fresh, users are read from the stores on every request, and a store that
+//! cannot answer means 503.
 
 use std::sync::Arc;
 use std::time::Duration;
