@@ -222,15 +222,6 @@ pub enum VerificationPath {
     Verified,
 }
 
-impl VerificationPath {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Cached => "cached",
-            Self::Verified => "verified",
-        }
-    }
-}
-
 /// A login request's body: `{"email": …, "password": …}`.
 #[derive(Debug, Deserialize)]
 pub struct LoginAttempt {

@@ -18,10 +18,10 @@ pub struct Metrics {
     certificate_reloaded_at: IntGauge,
     audit_dropped: prometheus::IntCounter,
     audit_write_errors: prometheus::IntCounter,
-    token_checks: IntCounterVec,
-    /// `token_checks`' `cached` series, looked up once: it counts nearly every
-    /// proxied request, and a lookup by label hashes the label each time.
-    token_checks_cached: prometheus::IntCounter,
+    /// `token_checks_total`'s series, one per result, looked up once at start: they
+    /// count nearly every proxied request, and a lookup by label hashes the label
+    /// each time.
+    token_checks: TokenCheckCounters,
     logins: IntCounterVec,
     second_factors: IntCounterVec,
     policy_reloads: IntCounterVec,
@@ -31,6 +31,37 @@ pub struct Metrics {
     rate_limit_keys: IntGauge,
     lockouts: prometheus::IntCounter,
     password_checks: prometheus::IntCounter,
+}
+
+/// What a token check came to, for `token_checks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// Found in the cache of verified tokens (the hot path).
+    Cached,
+    /// Verified in full (cold, sha256_crypt).
+    Verified,
+    /// Refused (401).
+    Refused,
+    /// A store did not answer (503).
+    Unavailable,
+}
+
+struct TokenCheckCounters {
+    cached: prometheus::IntCounter,
+    verified: prometheus::IntCounter,
+    refused: prometheus::IntCounter,
+    unavailable: prometheus::IntCounter,
+}
+
+impl TokenCheckCounters {
+    fn of(vec: &IntCounterVec) -> Self {
+        Self {
+            cached: vec.with_label_values(&["cached"]),
+            verified: vec.with_label_values(&["verified"]),
+            refused: vec.with_label_values(&["refused"]),
+            unavailable: vec.with_label_values(&["unavailable"]),
+        }
+    }
 }
 
 /// What became of a request.
@@ -175,7 +206,7 @@ impl Metrics {
         registry.register(Box::new(certificate_expiry.clone()))?;
         registry.register(Box::new(certificate_reloads.clone()))?;
         registry.register(Box::new(certificate_reloaded_at.clone()))?;
-        let token_checks_cached = token_checks.with_label_values(&["cached"]);
+        let token_checks = TokenCheckCounters::of(&token_checks);
         Ok(Self {
             registry,
             requests,
@@ -186,7 +217,6 @@ impl Metrics {
             audit_dropped,
             audit_write_errors,
             token_checks,
-            token_checks_cached,
             logins,
             second_factors,
             policy_reloads,
@@ -229,13 +259,16 @@ impl Metrics {
         self.lockouts.inc();
     }
 
-    /// Counts one token check: `cached`, `verified`, `refused` or `unavailable`.
-    pub fn token_check(&self, result: &str) {
-        if result == "cached" {
-            self.token_checks_cached.inc();
-        } else {
-            self.token_checks.with_label_values(&[result]).inc();
+    /// Counts one token check under its result.
+    pub fn token_check(&self, check: TokenCheck) {
+        let counters = &self.token_checks;
+        match check {
+            TokenCheck::Cached => &counters.cached,
+            TokenCheck::Verified => &counters.verified,
+            TokenCheck::Refused => &counters.refused,
+            TokenCheck::Unavailable => &counters.unavailable,
         }
+        .inc();
     }
 
     /// Counts one login: `issued`, `refused` or `unavailable`.
@@ -375,11 +408,22 @@ mod tests {
     #[test]
     fn token_checks_count_under_their_result() {
         let metrics = Metrics::new().expect("metrics");
-        for result in ["cached", "cached", "verified", "refused", "cached"] {
-            metrics.token_check(result);
+        for check in [
+            TokenCheck::Cached,
+            TokenCheck::Cached,
+            TokenCheck::Verified,
+            TokenCheck::Refused,
+            TokenCheck::Cached,
+        ] {
+            metrics.token_check(check);
         }
         let text = String::from_utf8(metrics.render()).expect("utf8");
-        for (result, count) in [("cached", 3), ("verified", 1), ("refused", 1)] {
+        for (result, count) in [
+            ("cached", 3),
+            ("verified", 1),
+            ("refused", 1),
+            ("unavailable", 0),
+        ] {
             assert!(
                 text.contains(&format!(
                     "portcullis_token_checks_total{{result=\"{result}\"}} {count}\n"

@@ -37,9 +37,11 @@ use crate::audit::Audit;
 use crate::canonical::canonicalize;
 use crate::config::TokenInRequest;
 use crate::forwarding::{ConnectionRewrite, ForwardedFor, Signed, Strip, identity_headers};
-use crate::identity::{Authenticator, Caller, IdentityError, LoginAttempt, LoginError};
+use crate::identity::{
+    Authenticator, Caller, IdentityError, LoginAttempt, LoginError, VerificationPath,
+};
 use crate::login::{Cookies, Form, LoginGuard, LoginLimits, PageRequest, WebLogin, same_origin};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TokenCheck};
 use crate::policy::rules::{Resolved, ResourceRef};
 use crate::policy::{Permit, authorize, authorize_rule, login_pass_through};
 use crate::rate_limit::{LimitClass, RateLimiter, Subject};
@@ -627,15 +629,18 @@ async fn identify(
     };
     match authenticator.identify(value.as_bytes()).await {
         Ok(verified) => {
-            metrics.token_check(verified.path.label());
+            metrics.token_check(match verified.path {
+                VerificationPath::Cached => TokenCheck::Cached,
+                VerificationPath::Verified => TokenCheck::Verified,
+            });
             Ok(Caller::User(verified.identity))
         }
         Err(IdentityError::Invalid(reason)) => {
-            metrics.token_check("refused");
+            metrics.token_check(TokenCheck::Refused);
             Err(Rejection::InvalidCredentials { reason })
         }
         Err(IdentityError::Unavailable(cause)) => {
-            metrics.token_check("unavailable");
+            metrics.token_check(TokenCheck::Unavailable);
             Err(Rejection::CredentialsUnavailable { cause })
         }
     }
