@@ -87,8 +87,9 @@ impl Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    /// Boxed: pingora moves the request's future, which holds the context, several
-    /// times a request; a pointer moves instead of its 512 bytes.
+    /// Boxed: pingora copies each request's future, which holds the context, as it
+    /// sets the request up; a pointer is copied instead of the context's 512 bytes
+    /// (1 500 instructions a request under callgrind).
     type CTX = Box<RequestContext>;
 
     fn new_ctx(&self) -> Box<RequestContext> {

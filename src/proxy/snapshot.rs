@@ -14,8 +14,7 @@ use crate::config::{Backend, Config, TokenInRequest};
 use crate::forwarding::{IdentitySigner, TrustedProxies};
 use crate::policy::rules::RuleSet;
 use crate::rate_limit::LimitClass;
-use crate::route::ConfigMap;
-use crate::route::RouteTable;
+use crate::route::{ConfigMap, RouteTable};
 use crate::tls::{TlsError, backend_ca};
 
 pub struct Snapshot {
